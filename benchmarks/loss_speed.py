@@ -1,0 +1,207 @@
+"""Forward+backward time and peak memory of the contrastive losses against pytorch-metric-learning.
+
+    python benchmarks/loss_speed.py                 # M = 256, 1024, 4096 rows, D = 768, 7 repeats
+    python benchmarks/loss_speed.py --rows 256 --repeats 3 --device cuda
+
+Compared, in one run: our ``clce`` (LACLN term), ``clce-nohnm``, ``supcon`` (L_out), and
+pytorch-metric-learning's ``SupConLoss`` (the peer users would pick), plus the floor: one M×M×D
+matmul (a loss needs about three: X Xᵀ forward, then the gradient). Only the contrastive term is
+timed (CE on the logits is the same for every entry). Batches are class-balanced as training makes
+them: 4 images per class, two views each, so every row has 7 positives.
+
+Time: median over ``--repeats`` of forward + backward, the losses interleaved round-robin so that
+machine noise hits them alike. Peak memory: on CUDA ``max_memory_allocated``; on the CPU each
+(loss, M) runs in a fresh subprocess and reports the growth of its peak RSS (``VmHWM``, reset
+just before) over one step. Prints a Markdown table; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from clce_core.losses import lacln_loss, supcon_loss
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _pml_supcon() -> LossFn:
+    from pytorch_metric_learning.losses import SupConLoss
+
+    loss = SupConLoss(temperature=0.5)
+    return lambda e, y: loss(e, y)
+
+
+LOSSES: dict[str, Callable[[], LossFn]] = {
+    "clce": lambda: lambda e, y: lacln_loss(e, y, 0.5),
+    "clce-nohnm": lambda: lambda e, y: lacln_loss(e, y, 0.5, hard_negatives=False),
+    "supcon": lambda: lambda e, y: supcon_loss(e, y, 0.5),
+    "pml SupConLoss": _pml_supcon,
+}
+PEER = "pml SupConLoss"
+
+
+def make_batch(rows: int, dim: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings ``(M, D)`` and labels ``(M,)``: M/2 images, 4 per class, two views stacked as rows."""
+    g = torch.Generator().manual_seed(seed)
+    images = rows // 2
+    labels = (torch.arange(images) // 4).repeat(2)
+    return torch.randn(rows, dim, generator=g).to(device), labels.to(device)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(fn: LossFn, emb: torch.Tensor, labels: torch.Tensor, device: str) -> float:
+    """Seconds for one forward + backward."""
+    e = emb.detach().requires_grad_(True)
+    _sync(device)
+    t0 = time.perf_counter()
+    fn(e, labels).backward()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def time_matmul(emb: torch.Tensor, device: str) -> float:
+    """Seconds for one (M, D) × (D, M) matmul."""
+    _sync(device)
+    t0 = time.perf_counter()
+    emb @ emb.T
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def peak_memory_mb(name: str, rows: int, dim: int, device: str) -> float:
+    """Extra peak memory (MiB) of one forward + backward of loss ``name``."""
+    if device == "cuda":
+        emb, labels = make_batch(rows, dim, device)
+        fn = LOSSES[name]()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        time_step(fn, emb, labels, device)
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    out = subprocess.run(
+        [sys.executable, __file__, "--_memory-child", name, "--rows", str(rows), "--dim", str(dim)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _rss_kib(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, KiB, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _memory_child(name: str, rows: int, dim: int) -> None:
+    emb, labels = make_batch(rows, dim, "cpu")
+    fn = LOSSES[name]()
+    fn(emb[:16].detach().requires_grad_(True), labels[:16]).backward()  # import-time and lazy allocations
+    # ru_maxrss survives exec (the parent's peak leaks in); VmHWM does not, and writing 5 to
+    # clear_refs resets it to the current RSS, so the difference is this one step's peak.
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _rss_kib("VmRSS")
+    time_step(fn, emb, labels, "cpu")
+    print((_rss_kib("VmHWM") - before) / 1024)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def run(rows_list: list[int], dim: int, repeats: int, device: str) -> dict:
+    results = {"machine": machine(), "device": device, "dim": dim, "repeats": repeats, "rows": {}}
+    if device == "cuda":
+        results["machine"] += f", {torch.cuda.get_device_name()}"
+    for rows in rows_list:
+        emb, labels = make_batch(rows, dim, device)
+        fns = {name: make() for name, make in LOSSES.items()}
+        for fn in fns.values():  # warm-up
+            time_step(fn, emb, labels, device)
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        times["matmul"] = []
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                times[name].append(time_step(fn, emb, labels, device))
+            times["matmul"].append(time_matmul(emb, device))
+        row = {
+            name: {"median_ms": 1e3 * statistics.median(t), "all_ms": [1e3 * x for x in t]}
+            for name, t in times.items()
+        }
+        for name in fns:
+            row[name]["peak_mb"] = peak_memory_mb(name, rows, dim, device)
+        results["rows"][str(rows)] = row
+        print(f"M={rows} done", file=sys.stderr)
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [
+        f"Machine: {results['machine']} ({results['device']}); D = {results['dim']}; "
+        f"median of {results['repeats']} forward+backward steps.",
+        "",
+        "| M | loss | time (ms) | × pml SupConLoss | × 3 matmuls | peak memory (MiB) |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for rows, row in results["rows"].items():
+        peer = row[PEER]["median_ms"]
+        floor = 3 * row["matmul"]["median_ms"]
+        for name in LOSSES:
+            r = row[name]
+            lines.append(
+                f"| {rows} | {name} | {r['median_ms']:.1f} | {r['median_ms'] / peer:.2f} | "
+                f"{r['median_ms'] / floor:.2f} | {r['peak_mb']:.0f} |"
+            )
+        lines.append(f"| {rows} | one M×M×D matmul | {row['matmul']['median_ms']:.1f} | | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[256, 1024, 4096], help="batch rows M (2 views)"
+    )
+    parser.add_argument("--dim", type=int, default=768, help="embedding size D")
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per configuration (median)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "loss_speed.json")
+    parser.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        _memory_child(args.memory_child, args.rows[0], args.dim)
+        return
+    results = run(args.rows, args.dim, args.repeats, args.device)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    print(f"\nwrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
