@@ -1,0 +1,276 @@
+"""Tests for clce_core.fewshot: prototypes, scoring, episodes, confidence intervals."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clce_core.fewshot import (
+    EpisodeResult,
+    classify,
+    cosine_scores,
+    encode_labels,
+    evaluate_episodes,
+    l2_normalize,
+    mean_confidence_interval,
+    normal_quantile,
+    prototypes,
+    sample_episode,
+    t_confidence_interval,
+    t_critical,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _clusters(n_classes: int, per_class: int, dim: int, spread: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    centres = rng.normal(size=(n_classes, dim))
+    return centres[labels] + spread * rng.normal(size=(len(labels), dim)), labels
+
+
+def test_numpy_only_imports():
+    code = (
+        "import sys, clce_core.fewshot, clce_core.metrics\n"
+        "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy', 'timm') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# --- normalisation, prototypes, scoring ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_l2_normalize_keeps_dtype_and_zero_rows(dtype):
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0]], dtype=dtype)
+    out = l2_normalize(x)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]], rtol=1e-6)
+    assert l2_normalize(np.array([[2, 0]])).dtype == np.float64
+
+
+def test_encode_labels_first_appearance_and_plain_values():
+    codes, classes = encode_labels(np.array([5, 2, 5, 7]))
+    assert classes == [5, 2, 7] and all(type(c) is int for c in classes)
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2])
+    codes, classes = encode_labels(["cat", 1, "cat", "1"])  # no coercion of 1 to "1"
+    assert classes == ["cat", 1, "1"]
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2])
+
+
+def test_prototypes_match_hand_computation():
+    emb = np.array([[2.0, 0.0], [0.0, 5.0], [1.0, 1.0], [-3.0, 0.0]])
+    protos, classes = prototypes(emb, ["b", "b", "a", "c"])
+    assert classes == ["b", "a", "c"]
+    s = 1 / math.sqrt(2)
+    # b: mean of (1, 0) and (0, 1) = (0.5, 0.5), renormalised; a: (1, 1)/√2; c: (-1, 0)
+    np.testing.assert_allclose(protos, [[s, s], [s, s], [-1.0, 0.0]])
+
+
+def test_prototypes_errors():
+    with pytest.raises(ValueError, match="at least one support embedding, got 0"):
+        prototypes(np.zeros((0, 4)), [])
+    with pytest.raises(ValueError, match="got 3 support embeddings but 2 labels"):
+        prototypes(np.ones((3, 4)), [0, 1])
+
+
+def test_cosine_scores_direct():
+    rng = np.random.default_rng(1)
+    q, p = rng.normal(size=(4, 6)), 3 * rng.normal(size=(3, 6))
+    expected = [[a @ b / np.linalg.norm(a) / np.linalg.norm(b) for b in p] for a in q]
+    np.testing.assert_allclose(cosine_scores(q, p), expected)
+    with pytest.raises(ValueError, match="dimension 6 but prototypes have 5"):
+        cosine_scores(q, p[:, :5])
+
+
+def test_classify_nearest_and_threshold():
+    support = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    queries = np.array([[1.0, 0.05], [0.1, 1.0], [1.0, 1.0]])
+    pred, scores, classes = classify(queries, support, ["cat", "cat", "dog"])
+    assert classes == ["cat", "dog"] and pred == ["cat", "dog", "cat"]  # cat's prototype leans to y
+    assert scores.shape == (3, 2)
+    pred, _, _ = classify(queries, support, ["cat", "cat", "dog"], threshold=0.9, unknown="unknown")
+    assert pred[:2] == ["cat", "dog"] and pred[2] == "unknown"  # cos 45° = 0.71 < 0.9
+    with pytest.raises(ValueError, match=r"\[-1, 1\], got 1.5"):
+        classify(queries, support, ["cat", "cat", "dog"], threshold=1.5)
+
+
+# --- episodes ----------------------------------------------------------------------------------------
+
+
+def test_sample_episode_properties():
+    labels = np.array([f"c{i}" for i in range(10) for _ in range(20 + i)])
+    rng = np.random.default_rng(0)
+    s_idx, s_y, q_idx, q_y = sample_episode(labels, n_way=5, k_shot=2, n_query=3, rng=rng)
+    assert s_idx.shape == s_y.shape == (10,) and q_idx.shape == q_y.shape == (15,)
+    assert len(set(s_idx) | set(q_idx)) == 25  # distinct images, support and query disjoint
+    np.testing.assert_array_equal(s_y, np.repeat(np.arange(5), 2))
+    np.testing.assert_array_equal(q_y, np.repeat(np.arange(5), 3))
+    for j in range(5):  # one original class per episode class, the same in support and query
+        assert len(set(labels[s_idx[s_y == j]]) | set(labels[q_idx[q_y == j]])) == 1
+    assert len(set(labels[s_idx])) == 5
+
+
+def test_sample_episode_deterministic_and_uniform():
+    labels = np.repeat(np.arange(10), 6)
+    a = sample_episode(labels, 5, 1, 5, np.random.default_rng(42))
+    b = sample_episode(labels, 5, 1, 5, np.random.default_rng(42))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    rng = np.random.default_rng(0)
+    counts = Counter()
+    for _ in range(2000):
+        s_idx, *_ = sample_episode(labels, 5, 1, 5, rng)
+        counts.update(labels[s_idx].tolist())
+    assert sorted(counts) == list(range(10))
+    assert all(abs(n - 1000) < 120 for n in counts.values()), counts  # 5 of 10 classes per episode
+
+
+def test_sample_episode_skips_short_classes():
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3 + [3] * 10)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        s_idx, _, q_idx, _ = sample_episode(labels, 3, 1, 4, rng)
+        assert 2 not in labels[np.concatenate([s_idx, q_idx])]
+
+
+def test_sample_episode_error_names_the_numbers():
+    labels = ["X"] * 4 + ["Y"] * 10 + ["Z"] * 6
+    with pytest.raises(ValueError) as err:
+        sample_episode(labels, n_way=3, k_shot=1, n_query=5, rng=np.random.default_rng(0))
+    msg = str(err.value)
+    assert "3-way" in msg and "at least 6 images" in msg and "1-shot + 5 queries" in msg
+    assert "only 2 of 3 classes" in msg and "class 'X' has 4" in msg
+    for kwargs, text in [
+        ({"n_way": 1}, "n_way must be an integer of at least 2, got 1"),
+        ({"k_shot": 0}, "k_shot must be an integer of at least 1, got 0"),
+        ({"n_query": 0}, "n_query must be an integer of at least 1, got 0"),
+    ]:
+        args = {"n_way": 2, "k_shot": 1, "n_query": 1, **kwargs}
+        with pytest.raises(ValueError, match=text):
+            sample_episode(labels, rng=np.random.default_rng(0), **args)
+
+
+def test_evaluate_separable_clusters_is_perfect():
+    emb, labels = _clusters(8, 20, 16, spread=0.01)
+    result = evaluate_episodes(emb, labels, n_way=5, k_shot=1, n_query=15, n_episodes=200)
+    assert result.mean == 100.0 and result.ci95 == 0.0
+    assert result.accuracies.shape == (200,)
+    assert (result.n_way, result.k_shot, result.n_query, result.n_episodes) == (5, 1, 15, 200)
+
+
+def test_evaluate_random_embeddings_is_chance():
+    rng = np.random.default_rng(3)
+    emb, labels = rng.normal(size=(400, 32)), np.repeat(np.arange(20), 20)
+    for k_shot in (1, 5):
+        result = evaluate_episodes(emb, labels, k_shot=k_shot, n_episodes=600, seed=1)
+        assert abs(result.mean - 20.0) < 2.5, result
+        assert 0.3 < result.ci95 < 2.0
+
+
+def test_evaluate_deterministic_with_seed():
+    emb, labels = _clusters(10, 20, 8, spread=1.5)
+    a = evaluate_episodes(emb, labels, n_episodes=50, seed=7)
+    b = evaluate_episodes(emb, labels, n_episodes=50, seed=7)
+    np.testing.assert_array_equal(a.accuracies, b.accuracies)
+    assert not np.array_equal(a.accuracies, evaluate_episodes(emb, labels, n_episodes=50, seed=8).accuracies)
+
+
+def test_evaluate_callable_classifier_sees_the_sampled_episodes():
+    labels = np.repeat(np.arange(6), 8)
+    emb = np.eye(len(labels))  # row i identifies image i
+    seen = []
+
+    def one_nn(support, support_y, queries):
+        seen.append((support.argmax(1), queries.argmax(1)))
+        return support_y[(queries @ support.T).argmax(1)]
+
+    evaluate_episodes(emb, labels, n_way=3, k_shot=2, n_query=3, n_episodes=5, seed=4, classifier=one_nn)
+    rng = np.random.default_rng(4)
+    for s_seen, q_seen in seen:
+        s_idx, _, q_idx, _ = sample_episode(labels, 3, 2, 3, rng)
+        np.testing.assert_array_equal(s_seen, s_idx)
+        np.testing.assert_array_equal(q_seen, q_idx)
+
+
+def test_evaluate_callable_classifier_accuracy_and_errors():
+    emb, labels = _clusters(6, 10, 8, spread=0.01)
+
+    def one_nn(support, support_y, queries):
+        return support_y[(queries @ support.T).argmax(1)]
+
+    assert evaluate_episodes(emb, labels, n_episodes=20, classifier=one_nn, n_query=5).mean == 100.0
+    with pytest.raises(ValueError, match="returned 1 predictions for 25 queries"):
+        evaluate_episodes(emb, labels, n_episodes=2, n_query=5, classifier=lambda s, y, q: [0])
+    with pytest.raises(ValueError, match="unknown classifier 'svm'"):
+        evaluate_episodes(emb, labels, n_episodes=2, classifier="svm")
+
+
+def test_episode_result_str_is_the_contract_line():
+    result = EpisodeResult(85.6234, 0.5912, np.zeros(3000), 5, 1, 15, 3000)
+    assert str(result) == "5-way 1-shot: 85.62 ± 0.59 (3000 episodes, 15 queries)"
+    assert result.to_dict() == {
+        "n_way": 5,
+        "k_shot": 1,
+        "n_query": 15,
+        "n_episodes": 3000,
+        "mean": 85.6234,
+        "ci95": 0.5912,
+    }
+
+
+# --- confidence intervals ----------------------------------------------------------------------------
+
+
+def test_mean_confidence_interval_direct():
+    values = np.array([80.0, 86.7, 93.3, 73.3, 100.0, 66.7])
+    mean, half = mean_confidence_interval(values)
+    n = len(values)
+    sigma = math.sqrt(sum((v - values.mean()) ** 2 for v in values) / (n - 1))  # ddof = 1
+    assert mean == pytest.approx(values.mean())
+    assert half == pytest.approx(1.96 * sigma / math.sqrt(n))
+    m1, h1 = mean_confidence_interval([42.0])
+    assert m1 == 42.0 and math.isnan(h1)
+    with pytest.raises(ValueError, match="at least one value, got 0"):
+        mean_confidence_interval([])
+
+
+@pytest.mark.parametrize(
+    ("n", "t"), [(2, 12.706), (3, 4.303), (5, 2.776), (10, 2.262), (31, 2.042), (121, 1.980)]
+)
+def test_t_critical_table(n, t):
+    assert t_critical(n - 1) == pytest.approx(t, abs=5e-4)
+
+
+def test_t_critical_limits_and_errors():
+    assert t_critical(10**7) == pytest.approx(1.959964, abs=1e-6)
+    assert t_critical(1000) == pytest.approx(t_critical(1001), abs=1e-5)  # series meets expansion
+    assert normal_quantile(0.975) == pytest.approx(1.959964, abs=1e-6)
+    with pytest.raises(ValueError, match="positive integer, got 0"):
+        t_critical(0)
+    with pytest.raises(ValueError, match=r"\(0, 1\), got 1.5"):
+        t_critical(3, 1.5)
+
+
+def test_t_critical_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in [1, 2, 3, 4, 7, 12, 29, 30, 64, 500, 1000, 1001, 4000]:
+        for conf in (0.8, 0.9, 0.95, 0.99):
+            assert t_critical(df, conf) == pytest.approx(stats.t.ppf(0.5 + conf / 2, df), abs=1e-8)
+
+
+def test_t_confidence_interval_three_seeds():
+    values = [84.1, 85.3, 86.2]
+    mean, half = t_confidence_interval(values)
+    assert mean == pytest.approx(np.mean(values))
+    assert half == pytest.approx(4.302653 * np.std(values, ddof=1) / math.sqrt(3), rel=1e-6)
+    assert math.isnan(t_confidence_interval([1.0])[1])
