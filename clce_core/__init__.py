@@ -1,8 +1,8 @@
 """CLCE core library: losses, models, few-shot math and metrics.
 
-Importing ``clce_core`` does not import torch: ``clce_core.fewshot`` and ``clce_core.metrics``
-are numpy-only so that the serving image can use them without torch. The torch-backed names
-(``clce_loss``, ``create_model``, ...) are resolved lazily on first attribute access.
+Importing ``clce_core`` does not import torch: ``clce_core.fewshot``, ``clce_core.stats`` and
+``clce_core.metrics`` are numpy-only so that the serving image can use them without torch. The
+torch-backed names (``clce_loss``, ``create_model``, ...) are resolved lazily on first attribute access.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ _LAZY = {
     # models (torch, timm)
     "create_model": "clce_core.models",
     "ClassifierModel": "clce_core.models",
-    # few-shot and metrics (numpy only)
+    # few-shot, statistics and metrics (numpy only)
     "prototypes": "clce_core.fewshot",
     "cosine_scores": "clce_core.fewshot",
     "sample_episode": "clce_core.fewshot",
     "evaluate_episodes": "clce_core.fewshot",
-    "mean_confidence_interval": "clce_core.fewshot",
+    "mean_confidence_interval": "clce_core.stats",
+    "t_confidence_interval": "clce_core.stats",
     "topk_accuracy": "clce_core.metrics",
     "isotropy_score": "clce_core.metrics",
 }
