@@ -111,14 +111,13 @@ def _lacln_kernel(hard_negatives: bool, detach_weights: bool) -> Kernel:
         valid = (n_pos > 0) & (n_neg > 0)
 
         e, m = _shifted_exp(sim)  # (M, M)
-        e_pos = e * same  # (M, M): P_i (the diagonal of e is 0)
+        e_pos = torch.where(same, e, 0.0)  # (M, M): P_i (the diagonal of e is 0)
         e_neg = e.sub_(e_pos)  # (M, M): N_i, exact since each entry is all-or-nothing
         z_pos, z1 = e_pos.sum(1), e_neg.sum(1)
         a = m + torch.log(_safe(z_pos))  # A_i
         lse1 = m + torch.log(_safe(z1))
         if hard_negatives:
-            e_neg2 = e_neg * e_neg  # e^{2(s − m)}
-            z2 = e_neg2.sum(1)
+            z2 = torch.linalg.vector_norm(e_neg, dim=1).square()  # Σ_N e^{2(s − m)}, no (M, M) temporary
             b = torch.log(_safe(n_neg)) + 2 * m + torch.log(_safe(z2)) - lse1
         else:
             b = lse1
@@ -135,9 +134,12 @@ def _lacln_kernel(hard_negatives: bool, detach_weights: bool) -> Kernel:
         grad = e_pos.mul_(_col(-coef / _safe(z_pos)))
         if not hard_negatives:
             return loss, grad.addcmul_(e_neg, _col(coef / _safe(z1)))
-        grad.addcmul_(e_neg2, _col((1.0 if detach_weights else 2.0) * coef / _safe(z2)))
+        # c2·e² − c1·e on N_i, in place: scale e by √c2, add its square, then add it times −c1/√c2.
+        root_c2 = torch.sqrt((1.0 if detach_weights else 2.0) * coef / _safe(z2))  # (M,)
+        e_neg.mul_(_col(root_c2))
+        grad.addcmul_(e_neg, e_neg)
         if not detach_weights:
-            grad.addcmul_(e_neg, _col(-coef / _safe(z1)))
+            grad.addcmul_(e_neg, _col(torch.where(root_c2 > 0, -coef / _safe(z1) / _safe(root_c2), 0.0)))
         return loss, grad
 
     return kernel
