@@ -31,7 +31,7 @@ fashion-mnist:
 
 quickstart: $(STAMP) fashion-mnist
 	$(PY) -m training.finetune --dataset fashion-mnist --train-per-class 20 --img-size 64 \
-	  --epochs 3 --output runs/quickstart
+	  --val-per-class 100 --epochs 3 --output runs/quickstart
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,170 @@
+"""python -m training.finetune end to end on a tiny image folder with a tiny timm model (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clce_core.losses import list_losses
+from training import finetune
+from training.checkpoint import load_checkpoint
+
+CLASSES = ["red", "green", "blue", "grey"]
+COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (128, 128, 128)}
+
+
+def _image_folder(root: Path, per_split: dict[str, int]) -> Path:
+    """Class folders of 40×40 noisy colour squares: learnable in a few steps."""
+    rng = np.random.default_rng(0)
+    for split, n in per_split.items():
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 25, (40, 40, 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _image_folder(tmp_path_factory.mktemp("colours"), {"train": 8, "val": 3, "test": 3})
+
+
+def _args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset", "imagefolder", "--data-dir", str(data_dir), "--model", "test_efficientnet",
+        "--pretrained", "none", "--img-size", "32", "--batch-size", "8", "--per-class", "2",
+        "--epochs", "2", "--workers", "0", "--lr", "1e-3", "--output", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_run_writes_the_contracted_outputs(data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert finetune.main(_args(data_dir, out)) == 0
+    assert {"config.yaml", "metrics.jsonl", "best.pt", "last.pt"} <= {p.name for p in out.iterdir()}
+    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 3
+    for epoch, row in enumerate(lines[:2], start=1):
+        assert row["epoch"] == epoch
+        for key in (
+            "lr",
+            "train_loss",
+            "train_ce",
+            "train_contrastive",
+            "images_per_s",
+            "val_top1",
+            "val_top5",
+        ):
+            assert isinstance(row[key], float), key
+        assert 0 <= row["val_top1"] <= 100
+    assert {"test_top1", "test_top5"} <= set(lines[2])
+    state = load_checkpoint(out / "best.pt")
+    assert state["classes"] == sorted(CLASSES)
+    assert state["config"]["loss"] == "clce" and state["config"]["per_class"] == 2
+    assert state["data_config"]["input_size"] == [3, 32, 32]
+    assert "test top-1" in capsys.readouterr().out
+
+
+def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 epochs in one go == 1 epoch, Ctrl-C, --resume for the second: the same weights."""
+    straight = tmp_path / "straight"
+    assert finetune.main(_args(data_dir, straight)) == 0
+
+    original = finetune.Run._one_epoch
+
+    def interrupt_after_first(self: finetune.Run, writer) -> None:
+        original(self, writer)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    broken = tmp_path / "broken"
+    monkeypatch.setattr(finetune.Run, "_one_epoch", interrupt_after_first)
+    assert finetune.main(_args(data_dir, broken)) == 130
+    assert load_checkpoint(broken / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(finetune.Run, "_one_epoch", original)
+    assert finetune.main(["--resume", str(broken / "last.pt"), "--workers", "0"]) == 0
+
+    a = load_checkpoint(straight / "last.pt")
+    b = load_checkpoint(broken / "last.pt")
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("loss", list_losses())
+def test_every_loss_trains(loss: str, data_dir: Path, tmp_path: Path) -> None:
+    per_class = "0" if loss == "ce" else "2"
+    args = _args(data_dir, tmp_path / loss, "--loss", loss, "--epochs", "1", "--max-steps-per-epoch", "2")
+    args[args.index("--per-class") + 1] = per_class
+    assert finetune.main(args) == 0
+    first = json.loads((tmp_path / loss / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(first["train_loss"])
+    assert (first["train_contrastive"] == 0.0) == (loss == "ce")
+
+
+def test_yaml_config_with_flag_override(data_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"dataset: imagefolder\ndata-dir: {data_dir}\nloss: ce\nlr: 0.5\nepochs: 1\n")
+    out = tmp_path / "run"
+    args = ["--config", str(cfg), "--lr", "1e-3", "--model", "test_efficientnet", "--pretrained", "none"]
+    args += ["--img-size", "32", "--batch-size", "8", "--workers", "0", "--output", str(out)]
+    assert finetune.main(args) == 0
+    state = load_checkpoint(out / "last.pt")
+    assert (
+        state["config"]["loss"] == "ce" and state["config"]["lr"] == 1e-3 and state["config"]["epochs"] == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--lam", "1.5"], "--lam must be in [0, 1]"),
+        (["--batch-size", "6", "--per-class", "4"], "not a multiple"),
+        (["--batch-size", "4", "--per-class", "4"], "holds"),
+        (["--pretrained", "/no/such/weights.pt"], "weights.pt"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--lr", "-1"], "--device cuda:0"),
+    ],
+)
+def test_bad_options_give_one_line_errors(extra, message, data_dir: Path, tmp_path: Path, capsys) -> None:
+    args = _args(data_dir, tmp_path / "run")
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert finetune.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert message in err
+
+
+def test_missing_data_gives_one_line_error(tmp_path: Path, capsys) -> None:
+    assert finetune.main(["--dataset", "flowers102", "--data-dir", str(tmp_path), "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "--download" in err
+
+
+def test_resume_refuses_a_corrupt_or_foreign_checkpoint(data_dir: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert finetune.main(["--resume", str(bad)]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    torch.save({"weights": torch.zeros(2)}, bad)
+    assert finetune.main(["--resume", str(bad)]) == 2
+    assert "not a CLCE training checkpoint" in capsys.readouterr().err
+
+
+def test_resume_refuses_changed_maths(data_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert finetune.main(_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 0
+    capsys.readouterr()
+    assert finetune.main(["--resume", str(out / "last.pt"), "--loss", "ce"]) == 2
+    assert "cannot change --loss when resuming" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""Atomic checkpoints holding everything a resume, an evaluation or an export needs.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain Python values only, so it loads with
+``weights_only=True`` (no pickled code runs when a checkpoint is opened). Keys:
+
+    format          "clce-checkpoint"
+    version         FORMAT_VERSION
+    model           ClassifierModel state dict (the EMA weights when EMA is on; see ``raw_model``)
+    raw_model       the non-EMA weights when EMA is on (else absent)
+    optimizer, scheduler, scaler     state dicts (absent from exported-only checkpoints)
+    epoch           number of completed epochs
+    global_step     optimizer steps taken
+    rng             python / numpy / torch (/ cuda) generator states
+    config          the resolved RunConfig as a dict
+    classes         class names in label order
+    data_config     the eval preprocessing: input_size, interpolation, crop_pct, mean, std
+    metrics         the metrics of the last completed epoch (val_top1, ...)
+    best_val_top1   best validation top-1 so far
+    versions        torch, timm, clce
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "clce-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("model", "config", "classes", "data_config", "epoch")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit; the message says which and why."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename.
+
+    A crash or Ctrl-C during the write leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": FORMAT, "version": FORMAT_VERSION, **state}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, not a CLCE checkpoint, from a
+            newer format, or lacks a required key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a PyTorch file ({reason[:200]})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a CLCE training checkpoint (no 'format': {FORMAT!r}); "
+            "pass a best.pt or last.pt written by python -m training.finetune"
+        )
+    if state.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state['version']}, this code reads up to {FORMAT_VERSION}; "
+            "upgrade clce"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator a run draws from, as tensors and plain values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_plain(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    random.setstate(_to_tuple(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_plain(value: Any) -> Any:
+    return [_to_plain(v) for v in value] if isinstance(value, tuple | list) else value
+
+
+def _to_tuple(value: Any) -> Any:
+    return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value

@@ -1,0 +1,200 @@
+"""The training step, one epoch, and evaluation. No argparse, no globals: everything comes in as arguments.
+
+Rows: a batch from a two-view loader arrives as ``(2B, 3, H, W)`` in the CONTRACTS layout
+(``[view 1 of images 0..B-1; view 2 of images 0..B-1]``) with labels ``(2B,)``; a one-view loader
+gives ``(B, 3, H, W)``. The loss sees every row; top-1 during training is not computed (evaluation
+does that on the eval transform).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from clce_core.losses import LossOutput
+from clce_core.metrics import topk_accuracy
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN); the message says what to change."""
+
+
+@dataclass
+class StepContext:
+    """What one optimisation step needs besides the batch."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    amp_dtype: torch.dtype | None = None  # None: full precision
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+    clip_grad: float | None = None
+    ema: nn.Module | None = None  # timm ModelEmaV3
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA where supported, else fp16; off on the CPU."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def param_groups(model: nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+    """Encoder and head at their own learning rates; no weight decay on norms and biases (1-D tensors)."""
+    groups = []
+    for part, part_lr in (("encoder", lr), ("head", head_lr)):
+        decay, no_decay = [], []
+        for p in getattr(model, part).parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        groups += [
+            {"params": decay, "lr": part_lr, "weight_decay": weight_decay, "name": f"{part}"},
+            {"params": no_decay, "lr": part_lr, "weight_decay": 0.0, "name": f"{part}-no-decay"},
+        ]
+    return [g for g in groups if g["params"]]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Factor of the peak lr: linear from ~0 over ``warmup_steps``, then cosine down to 0 at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+    """Forward, loss, backward, clip, step, schedule, EMA for one batch of rows ``(M, 3, H, W)``, ``(M,)``."""
+    images = images.to(ctx.device, non_blocking=True)
+    labels = labels.to(ctx.device, non_blocking=True)
+    with torch.autocast(
+        ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None
+    ):
+        embeddings, logits = ctx.model(images, detach_head=ctx.loss_fn.probe_only)  # (M, D), (M, C)
+        out: LossOutput = ctx.loss_fn(embeddings, logits, labels)
+    if not torch.isfinite(out.total):
+        raise TrainingError(
+            f"the loss became {out.total.item()} (parts {out.parts}); lower --lr, raise --tau, or try --amp off"
+        )
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(out.total).backward()
+        ctx.scaler.unscale_(ctx.optimizer)
+    else:
+        out.total.backward()
+    if ctx.clip_grad is not None:
+        nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.clip_grad)
+    if ctx.scaler is not None:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.scheduler.step()
+    if ctx.ema is not None:
+        ctx.ema.update(ctx.model)
+    return out
+
+
+def train_one_epoch(
+    ctx: StepContext,
+    loader: Iterable,
+    epoch: int,
+    max_steps: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``loader``; returns mean ``train_loss``, ``train_ce``, ``train_contrastive``,
+    ``images_per_s`` (images, not views) and the last ``lr`` (encoder group)."""
+    ctx.model.train()
+    total = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
+    sums = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
+    images_seen, steps = 0, 0
+    views = ctx.loss_fn.views
+    start = time.perf_counter()
+    bar = tqdm(
+        loader, total=total, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True
+    )
+    for images, labels in bar:
+        out = train_step(ctx, images, labels)
+        steps += 1
+        images_seen += images.shape[0] // views
+        sums["loss"] += float(out.total.detach())
+        sums["ce"] += out.parts.get("ce", 0.0)
+        sums["contrastive"] += out.parts.get("contrastive", 0.0)
+        rate = images_seen / (time.perf_counter() - start)
+        bar.set_postfix(
+            loss=f"{sums['loss'] / steps:.3f}",
+            ce=f"{sums['ce'] / steps:.3f}",
+            con=f"{sums['contrastive'] / steps:.3f}",
+            lr=f"{ctx.optimizer.param_groups[0]['lr']:.2e}",
+            img_s=f"{rate:.1f}",
+            refresh=False,
+        )
+        if steps >= total:
+            break
+    bar.close()
+    elapsed = time.perf_counter() - start
+    steps = max(steps, 1)
+    return {
+        "lr": ctx.optimizer.param_groups[0]["lr"],
+        "train_loss": sums["loss"] / steps,
+        "train_ce": sums["ce"] / steps,
+        "train_contrastive": sums["contrastive"] / steps,
+        "images_per_s": images_seen / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+@dataclass
+class EvalResult:
+    """Outputs of :func:`evaluate`: ``top1``/``top5`` in percent; arrays for reports."""
+
+    top1: float
+    top5: float
+    logits: np.ndarray  # (N, C)
+    targets: np.ndarray  # (N,)
+    embeddings: np.ndarray | None = None  # (N, D), un-normalised, when asked for
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    keep_embeddings: bool = False,
+    desc: str = "eval",
+    show_progress: bool = True,
+) -> EvalResult:
+    """Top-1/top-5 of ``model`` over ``loader`` (one view per image, the eval transform)."""
+    model.eval()
+    logits_all, targets_all, emb_all = [], [], []
+    for images, labels in tqdm(loader, desc=desc, disable=not show_progress, leave=False, dynamic_ncols=True):
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            embeddings, logits = model(images.to(device, non_blocking=True))
+        logits_all.append(logits.float().cpu().numpy())
+        targets_all.append(labels.numpy())
+        if keep_embeddings:
+            emb_all.append(embeddings.float().cpu().numpy())
+    logits_np = np.concatenate(logits_all) if logits_all else np.zeros((0, 0), np.float32)
+    targets_np = np.concatenate(targets_all) if targets_all else np.zeros(0, np.int64)
+    acc = topk_accuracy(logits_np, targets_np, ks=(1, 5)) if len(targets_np) else {1: 0.0, 5: 0.0}
+    return EvalResult(
+        top1=acc[1],
+        top5=acc[5],
+        logits=logits_np,
+        targets=targets_np,
+        embeddings=np.concatenate(emb_all) if keep_embeddings and emb_all else None,
+    )
