@@ -112,6 +112,7 @@ def create_model(
     backbone: str,
     num_classes: int,
     pretrained: str | os.PathLike[str] | bool = "auto",
+    img_size: int | None = None,
     **timm_kwargs: Any,
 ) -> ClassifierModel:
     """Create a timm encoder with a linear head and load its weights.
@@ -123,6 +124,8 @@ def create_model(
             ``"none"``/``False``, or a path to a weights file. ``True`` means ``"auto"``.
             With packaged weights and ``num_classes == 1000`` the head is the ImageNet classifier;
             a file's head is loaded when its shape fits, otherwise the head is randomly initialised.
+        img_size: square input size, given to timm where the architecture depends on it (ViTs: the
+            position embeddings); convolutional nets take any size and are built as they are.
         **timm_kwargs: Passed to ``timm.create_model`` (``drop_path_rate``, ``img_size``, ...).
 
     Returns:
@@ -139,12 +142,21 @@ def create_model(
         if reserved in timm_kwargs:
             raise ValueError(f"pass {reserved!r} to create_model itself, not as a timm keyword")
     source = resolve_source(backbone, pretrained)
-    _fix_input_size(timm_kwargs)
 
+    def make_encoder(kwargs: dict[str, Any]) -> nn.Module:
+        _fix_input_size(kwargs)
+        if source == "hub":
+            return create_encoder_from_hub(backbone, kwargs)
+        return timm.create_model(backbone, pretrained=False, num_classes=0, **kwargs)
+
+    try:
+        encoder = make_encoder({**timm_kwargs, "img_size": img_size} if img_size else dict(timm_kwargs))
+    except TypeError as e:  # the architecture has no img_size argument: it takes any size
+        if not img_size or "img_size" not in str(e):
+            raise
+        encoder = make_encoder(dict(timm_kwargs))
     if source == "hub":
-        encoder = create_encoder_from_hub(backbone, timm_kwargs)
         return ClassifierModel(encoder, num_classes, backbone, weights="hub")
-    encoder = timm.create_model(backbone, pretrained=False, num_classes=0, **timm_kwargs)
     model = ClassifierModel(encoder, num_classes, backbone)
     if source != "none":
         load_weights(model, source)  # packaged or a file; sets model.weights

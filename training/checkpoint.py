@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clce_core.models import ClassifierModel
+
 FORMAT = "clce-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "classes", "data_config", "epoch")
@@ -92,6 +94,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
     return state
+
+
+def model_from_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[ClassifierModel, dict[str, Any]]:
+    """Rebuild the trained :class:`ClassifierModel` (in eval mode) from a checkpoint.
+
+    Returns:
+        ``(model, state)``; ``state`` is the whole checkpoint (classes, data_config, config, metrics...).
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or weights that do not fit the model it names.
+    """
+    from clce_core.models import create_model
+
+    state = load_checkpoint(path, map_location)
+    cfg = state["config"]
+    model = create_model(cfg["model"], len(state["classes"]), "none", img_size=cfg.get("img_size"))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {path}: weights do not fit {cfg['model']} ({first[:200]})"
+        ) from None
+    return model.eval(), state
 
 
 def rng_state() -> dict[str, Any]:

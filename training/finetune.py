@@ -82,13 +82,7 @@ def seed_everything(seed: int) -> None:
 
 def build_model(cfg: RunConfig, num_classes: int, pretrained: str) -> ClassifierModel:
     """The timm encoder + linear head; ``--img-size`` reaches models that take it (ViTs)."""
-    if cfg.img_size is not None:
-        try:
-            return create_model(cfg.model, num_classes, pretrained, img_size=cfg.img_size)
-        except TypeError as e:  # convolutional nets take any size and have no img_size argument
-            if "img_size" not in str(e):
-                raise
-    return create_model(cfg.model, num_classes, pretrained)
+    return create_model(cfg.model, num_classes, pretrained, img_size=cfg.img_size)
 
 
 def build_loaders(cfg: RunConfig, data: DatasetSplits, views: int, device: torch.device) -> dict[str, Any]:

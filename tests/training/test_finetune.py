@@ -12,7 +12,7 @@ from PIL import Image
 
 from clce_core.losses import list_losses
 from training import finetune
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, model_from_checkpoint
 
 CLASSES = ["red", "green", "blue", "grey"]
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (128, 128, 128)}
@@ -70,6 +70,10 @@ def test_run_writes_the_contracted_outputs(data_dir: Path, tmp_path: Path, capsy
     assert state["config"]["loss"] == "clce" and state["config"]["per_class"] == 2
     assert state["data_config"]["input_size"] == [3, 32, 32]
     assert "test top-1" in capsys.readouterr().out
+    model, _ = model_from_checkpoint(out / "best.pt")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state["model"][key]), key
+    assert model(torch.randn(2, 3, 32, 32))[1].shape == (2, len(CLASSES))
 
 
 def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
