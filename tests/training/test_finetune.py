@@ -172,3 +172,24 @@ def test_resume_refuses_changed_maths(data_dir: Path, tmp_path: Path, capsys) ->
     capsys.readouterr()
     assert finetune.main(["--resume", str(out / "last.pt"), "--loss", "ce"]) == 2
     assert "cannot change --loss when resuming" in capsys.readouterr().err
+
+
+def test_ema_and_sgd_options(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ema"
+    extra = (
+        "--ema",
+        "--ema-decay",
+        "0.5",
+        "--optimizer",
+        "sgd",
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+    )
+    assert finetune.main(_args(data_dir, out, *extra)) == 0
+    state = load_checkpoint(out / "last.pt")
+    assert "raw_model" in state  # the EMA weights are `model`, the trained ones `raw_model`
+    differs = [not torch.equal(state["model"][k], state["raw_model"][k]) for k in state["model"]]
+    assert any(differs)
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
