@@ -45,6 +45,9 @@ class RunConfig:
         0.1, "share of each training class held out for validation when the dataset has no val split"
     )
     val_per_class: int | None = _opt(None, "cap the validation split at N images per class (faster epochs)")
+    test_per_class: int | None = _opt(
+        None, "cap the test split at N images per class (quick looks; the full split is the reported number)"
+    )
     img_size: int | None = _opt(None, "training and evaluation resolution (default: the model's own)")
     workers: int = _opt(2, "data-loading worker processes")
     # --- augmentation (two independent views per image for contrastive losses)
@@ -118,8 +121,10 @@ class RunConfig:
             raise ConfigError(f"--per-class must be >= 0, got {cfg.per_class}")
         if cfg.train_per_class is not None and cfg.train_per_class < 1:
             raise ConfigError(f"--train-per-class must be >= 1, got {cfg.train_per_class}")
-        if cfg.val_per_class is not None and cfg.val_per_class < 1:
-            raise ConfigError(f"--val-per-class must be >= 1, got {cfg.val_per_class}")
+        for name in ("val_per_class", "test_per_class"):
+            value = getattr(cfg, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not 0.0 < cfg.crop_scale <= 1.0:
             raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
         if cfg.workers < 0:

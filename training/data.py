@@ -1,14 +1,13 @@
-"""Datasets for fine-tuning: one image-loading rule, a registry of datasets, splits, transforms.
+"""Datasets for fine-tuning: a registry of datasets, their splits, the offline ones.
 
-* :func:`load_image` is the one loading rule (CONTRACTS "Images"): EXIF orientation, transparency
-  composited on white, RGB. Every file-based dataset reads through it; array datasets (CIFAR,
-  Fashion-MNIST) convert their arrays to RGB.
 * :func:`build_datasets` returns :class:`DatasetSplits` (train / val / test + class names). Every
   split carries ``targets`` (the integer labels, read without decoding an image) for the sampler.
   Adding a dataset = one builder function decorated with ``@register("name")``; the parametrised
   tests then ask for a fake of it in its on-disk format.
-* :func:`build_transforms` gives the train / eval transforms; :class:`TwoViews` and
-  :func:`two_view_collate` produce the CONTRACTS row layout for the two-view losses.
+* Here: the registry, the split helpers, ``imagefolder`` and the offline ``fashion-mnist``. The
+  torchvision-backed datasets live in :mod:`training.torchvision_datasets`, imported at the end of
+  this module so that ``import training.data`` fills the registry. Images are read with the one
+  loading rule of :mod:`training.images`; transforms are in :mod:`training.transforms`.
 
 Splits and seeds: where a dataset has no validation split, ``val_fraction`` of each training class
 is held out (seeded, at least one image of a class with two or more). ``train_per_class=K`` then
@@ -20,42 +19,34 @@ line that says where to put which files, or to pass ``--download``.
 from __future__ import annotations
 
 import gzip
-import io
-import json
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps
-from torch.utils.data import Dataset, default_collate
+from PIL import Image
+from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from training.images import array_to_rgb, load_image
+
 __all__ = [
-    "AugConfig",
     "DatasetError",
     "DatasetSplits",
     "ImageArray",
     "ImageFiles",
     "LabeledImages",
-    "TwoViews",
+    "RawSplits",
     "build_datasets",
-    "build_fewshot_split",
-    "build_transforms",
     "class_folder_images",
-    "fewshot_classes",
     "list_datasets",
-    "load_image",
+    "read_idx",
     "register",
     "split_per_class",
-    "stack_views",
     "take_per_class",
-    "to_rgb",
-    "two_view_collate",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,55 +55,12 @@ T = TypeVar("T")
 DATA_HOME_ENV = "CLCE_DATA_HOME"  # with no root given, a dataset lives in $CLCE_DATA_HOME/<folder>
 DEFAULT_DATA_HOME = "~/.cache/clce/data"  # ... or here, when the variable is unset
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
-CALTECH256_TRAIN_PER_CLASS = 60  # CONTRACTS: Caltech-256 has no official split
 # Salts make independent seeded streams: the validation split does not change with K, etc.
 _SALT_VAL, _SALT_K, _SALT_TEST = 0, 1, 2
 
 
 class DatasetError(Exception):
     """A dataset cannot be built; ``str(e)`` is one line saying what to do (print it, no traceback)."""
-
-
-# --------------------------------------------------------------------------- the image-loading rule
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image to RGB: transparency composited on white, grey repeated to 3 channels.
-
-    16-bit grey (``I;16``, or ``I`` with values above 255) is scaled to 8 bits. Always returns a new image.
-    """
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or arr.max() > 255:
-            arr = arr * (255.0 / 65535.0)
-        image = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-    alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    if alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_image(src: str | os.PathLike[str] | BinaryIO | bytes) -> Image.Image:
-    """Open an image file (path, binary file object or bytes) the one way: EXIF-oriented RGB.
-
-    Raises:
-        PIL.UnidentifiedImageError / OSError: the file is not a readable image.
-    """
-    if isinstance(src, (bytes, bytearray)):
-        src = io.BytesIO(src)
-    with Image.open(src) as image:
-        try:
-            oriented = ImageOps.exif_transpose(image)
-        except Exception:  # malformed EXIF: nothing trustworthy to apply, keep the pixels as stored
-            oriented = image
-        return to_rgb(oriented)
-
-
-def array_to_rgb(array: np.ndarray) -> Image.Image:
-    """uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB array -> PIL RGB image."""
-    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
 
 
 # --------------------------------------------------------------------------- datasets and splits
@@ -362,251 +310,6 @@ def _torchvision(
         ) from e
 
 
-# --------------------------------------------------------------------------- torchvision datasets
-
-
-@register("flowers102")
-def _flowers102(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-    """Oxford Flowers-102, official train / val / test (10 / 10 / rest per class)."""
-    from torchvision.datasets import Flowers102
-
-    root = _data_root(root, "flowers102")
-    base = root / "flowers-102"
-    required = [base / "jpg", base / "imagelabels.mat", base / "setid.mat"]
-
-    def split(name: str) -> LabeledImages:
-        ds = _torchvision(
-            lambda: Flowers102(root, split=name, download=download),
-            "Flowers-102",
-            base,
-            "jpg/, imagelabels.mat and setid.mat",
-            required,
-            download,
-        )
-        return LabeledImages(ImageFiles(ds._image_files, ds._labels))
-
-    return RawSplits(list(Flowers102.classes), split("train"), split("val"), split("test"))
-
-
-@register("oxford-pets")
-def _oxford_pets(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-    """Oxford-IIIT Pets (37 classes): official trainval / test; val = ``val_fraction`` of trainval."""
-    from torchvision.datasets import OxfordIIITPet
-
-    root = _data_root(root, "oxford-pets")
-    base = root / "oxford-iiit-pet"
-    required = [base / "images", base / "annotations" / "trainval.txt", base / "annotations" / "test.txt"]
-    files = "images/ and annotations/ (trainval.txt, test.txt)"
-    parts = [
-        _torchvision(
-            lambda s=s: OxfordIIITPet(root, split=s, download=download),
-            "Oxford-IIIT Pets",
-            base,
-            files,
-            required,
-            download,
-        )
-        for s in ("trainval", "test")
-    ]
-    trainval, test = (LabeledImages(ImageFiles(ds._images, ds._labels)) for ds in parts)
-    train, val = _carve_val(trainval, val_fraction, seed)
-    return RawSplits(list(parts[0].classes), train, val, test)
-
-
-@register("food101")
-def _food101(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-    """Food-101: official train (750 per class) / test (250); val = ``val_fraction`` of train."""
-    from torchvision.datasets import Food101
-
-    root = _data_root(root, "food101")
-    base = root / "food-101"
-    required = [base / "images", base / "meta" / "train.json", base / "meta" / "test.json"]
-    parts = [
-        _torchvision(
-            lambda s=s: Food101(root, split=s, download=download),
-            "Food-101",
-            base,
-            "images/ and meta/ (train.json, test.json)",
-            required,
-            download,
-        )
-        for s in ("train", "test")
-    ]
-    full_train, test = (LabeledImages(ImageFiles(ds._image_files, ds._labels)) for ds in parts)
-    train, val = _carve_val(full_train, val_fraction, seed)
-    return RawSplits(list(parts[0].classes), train, val, test)
-
-
-@register("caltech256")
-def _caltech256(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-    """Caltech-256: the 256 object classes (``257.clutter`` left out), no official split.
-
-    Per class, a seeded permutation: the first 60 images (``CALTECH256_TRAIN_PER_CLASS``) are the
-    training pool, the rest the test split; the validation split is ``val_fraction`` of each class's
-    pool (6 of 60), the training split the other 54.
-    """
-    root = _data_root(root, "caltech256")
-    folder = root / "caltech256" / "256_ObjectCategories"
-    if not folder.is_dir():
-        from torchvision.datasets import Caltech256
-
-        _torchvision(
-            lambda: Caltech256(str(root), download=download),
-            "Caltech-256",
-            folder.parent,
-            "256_ObjectCategories/ (one folder per class, e.g. 001.ak47/001_0001.jpg)",
-            [folder],
-            download,
-        )
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and d.name != "257.clutter")
-    classes = [d.name.split(".", 1)[-1] for d in class_dirs]
-    paths: list[Path] = []
-    targets: list[int] = []
-    for label, d in enumerate(class_dirs):
-        found = sorted(p for p in d.iterdir() if p.suffix.lower() == ".jpg" and not p.name.startswith("."))
-        paths += found
-        targets += [label] * len(found)
-    if not paths:
-        raise DatasetError(f"Caltech-256 in {folder} holds no .jpg images in its class folders")
-    everything = LabeledImages(ImageFiles(paths, targets))
-    pool = take_per_class(targets, CALTECH256_TRAIN_PER_CLASS, [seed, _SALT_TEST])
-    test_pos = np.setdiff1d(np.arange(len(paths)), pool)
-    train, val = _carve_val(everything.subset(pool), val_fraction, seed)
-    return RawSplits(classes, train, val, everything.subset(test_pos))
-
-
-# --------------------------------------------------------------------------- CIFAR-100 and its class splits
-
-SPLITS_DIR = Path(__file__).with_name("splits")  # copies of ../shared/data/splits/*.json
-# CIFAR-100's 20 superclasses and their fine classes (names as torchvision's CIFAR100.classes spells them).
-CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
-    "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
-    "fish": ("aquarium_fish", "flatfish", "ray", "shark", "trout"),
-    "flowers": ("orchid", "poppy", "rose", "sunflower", "tulip"),
-    "food_containers": ("bottle", "bowl", "can", "cup", "plate"),
-    "fruit_and_vegetables": ("apple", "mushroom", "orange", "pear", "sweet_pepper"),
-    "household_electrical_devices": ("clock", "keyboard", "lamp", "telephone", "television"),
-    "household_furniture": ("bed", "chair", "couch", "table", "wardrobe"),
-    "insects": ("bee", "beetle", "butterfly", "caterpillar", "cockroach"),
-    "large_carnivores": ("bear", "leopard", "lion", "tiger", "wolf"),
-    "large_man-made_outdoor_things": ("bridge", "castle", "house", "road", "skyscraper"),
-    "large_natural_outdoor_scenes": ("cloud", "forest", "mountain", "plain", "sea"),
-    "large_omnivores_and_herbivores": ("camel", "cattle", "chimpanzee", "elephant", "kangaroo"),
-    "medium_mammals": ("fox", "porcupine", "possum", "raccoon", "skunk"),
-    "non-insect_invertebrates": ("crab", "lobster", "snail", "spider", "worm"),
-    "people": ("baby", "boy", "girl", "man", "woman"),
-    "reptiles": ("crocodile", "dinosaur", "lizard", "snake", "turtle"),
-    "small_mammals": ("hamster", "mouse", "rabbit", "shrew", "squirrel"),
-    "trees": ("maple_tree", "oak_tree", "palm_tree", "pine_tree", "willow_tree"),
-    "vehicles_1": ("bicycle", "bus", "motorcycle", "pickup_truck", "train"),
-    "vehicles_2": ("lawn_mower", "rocket", "streetcar", "tank", "tractor"),
-}
-CIFAR100_CLASSES: list[str] = sorted(
-    c for fine in CIFAR100_SUPERCLASSES.values() for c in fine
-)  # label order
-FEWSHOT_SPLITS = ("cifar-fs", "fc100")
-
-
-def fewshot_classes(name: str, split: str) -> list[str]:
-    """CIFAR-100 fine class names of a few-shot split, in CIFAR-100 label order.
-
-    ``cifar-fs``: val / test as listed, train = every other class (64 / 16 / 20). ``fc100``: the fine
-    classes of the listed superclasses (60 / 20 / 20).
-    """
-    if name not in FEWSHOT_SPLITS:
-        raise DatasetError(
-            f"no few-shot class split for {name!r}; splits exist for: {', '.join(FEWSHOT_SPLITS)}"
-        )
-    if split not in ("train", "val", "test"):
-        raise DatasetError(f"few-shot split must be train, val or test, got {split!r}")
-    spec = json.loads((SPLITS_DIR / f"{name}.json").read_text())
-    if name == "fc100":
-        chosen = {c for superclass in spec[split] for c in CIFAR100_SUPERCLASSES[superclass]}
-    elif split == "train":
-        chosen = set(CIFAR100_CLASSES) - set(spec["val"]) - set(spec["test"])
-    else:
-        chosen = set(spec[split])
-    return [c for c in CIFAR100_CLASSES if c in chosen]
-
-
-def _cifar100_arrays(root: Path | None, download: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (images (N, 32, 32, 3) uint8, labels (N,)), "test": ...} from torchvision's CIFAR100."""
-    from torchvision.datasets import CIFAR100
-
-    root = _data_root(root, "cifar100")
-    base = root / "cifar-100-python"
-    required = [base / "train", base / "test", base / "meta"]
-    out = {}
-    for split in ("train", "test"):
-        ds = _torchvision(
-            lambda s=split: CIFAR100(str(root), train=s == "train", download=download),
-            "CIFAR-100",
-            base,
-            "the python-version files train, test and meta",
-            required,
-            download,
-        )
-        if list(ds.classes) != CIFAR100_CLASSES:
-            raise DatasetError(f"CIFAR-100 in {base}: the meta file lists other class names than CIFAR-100's")
-        out[split] = (ds.data, np.asarray(ds.targets, dtype=np.int64))
-    return out
-
-
-@register("cifar100")
-def _cifar100(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-    """CIFAR-100: official train / test; val = ``val_fraction`` of each training class."""
-    arrays = _cifar100_arrays(root, download)
-    train, val = _carve_val(LabeledImages(ImageArray(*arrays["train"])), val_fraction, seed)
-    return RawSplits(list(CIFAR100_CLASSES), train, val, LabeledImages(ImageArray(*arrays["test"])))
-
-
-def _cifar_subset(arrays: tuple[np.ndarray, np.ndarray], classes: list[str]) -> ImageArray:
-    """Images of ``classes`` only, relabelled 0..len(classes)-1 in the order of ``classes``."""
-    images, labels = arrays
-    new_label = np.full(len(CIFAR100_CLASSES), -1, dtype=np.int64)
-    new_label[[CIFAR100_CLASSES.index(c) for c in classes]] = np.arange(len(classes))
-    keep = new_label[labels] >= 0
-    return ImageArray(images[keep], new_label[labels[keep]])
-
-
-def _fewshot_builder(name: str) -> Builder:
-    def build(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-        classes = fewshot_classes(name, "train")
-        arrays = _cifar100_arrays(root, download)
-        train, val = _carve_val(LabeledImages(_cifar_subset(arrays["train"], classes)), val_fraction, seed)
-        return RawSplits(classes, train, val, LabeledImages(_cifar_subset(arrays["test"], classes)))
-
-    build.__doc__ = (
-        f"{name}: CIFAR-100 restricted to the {name} 'train' classes (training/splits/{name}.json), "
-        "relabelled in CIFAR-100 order; val = val_fraction of each class's CIFAR-100 training images; "
-        "test = CIFAR-100 test images of those classes."
-    )
-    return build
-
-
-register("cifar-fs")(_fewshot_builder("cifar-fs"))
-register("fc100")(_fewshot_builder("fc100"))
-
-
-def build_fewshot_split(
-    name: str,
-    split: str,
-    root: str | os.PathLike[str] | None = None,
-    download: bool = False,
-    transform: Callable | None = None,
-) -> tuple[LabeledImages, list[str]]:
-    """All 600 CIFAR-100 images (train + test files) of each class of a few-shot split.
-
-    Returns:
-        ``(images, classes)``: labels are positions in ``classes`` (CIFAR-100 order).
-    """
-    classes = fewshot_classes(name, split)
-    arrays = _cifar100_arrays(None if root is None else Path(root).expanduser(), download)
-    parts = [_cifar_subset(arrays[s], classes) for s in ("train", "test")]
-    both = ImageArray(np.concatenate([p.images for p in parts]), np.concatenate([p.targets for p in parts]))
-    return LabeledImages(both, transform=transform), classes
-
-
 # --------------------------------------------------------------------------- Fashion-MNIST (IDX files)
 
 _FASHION_FILES = {
@@ -779,98 +482,15 @@ def _imagefolder(root: Path | None, download: bool, seed: int, val_fraction: flo
     return RawSplits(classes, train, val, everything.subset(test_pos))
 
 
-# --------------------------------------------------------------------------- transforms and two views
+_REEXPORTED = ("build_fewshot_split", "fewshot_classes")  # live in torchvision_datasets (used by embed.py)
 
 
-@dataclass
-class AugConfig:
-    """Training augmentation (the same for both views)."""
-
-    scale: tuple[float, float] = (
-        0.25,
-        1.0,
-    )  # RandomResizedCrop area range (config.py crop_scale; timm: 0.08)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
-    hflip: float = 0.5  # horizontal-flip probability; 0 for data where mirroring changes the class (glyphs)
-    color_jitter: float = 0.4  # brightness = contrast = saturation strength; 0 disables
+def __getattr__(name: str) -> Any:
+    """Resolve the re-exports lazily, so either module may be imported first (no import cycle)."""
+    if name in _REEXPORTED:
+        return getattr(torchvision_datasets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_transforms(
-    data_config: dict[str, Any],
-    img_size: int | None = None,
-    two_views: bool = False,
-    aug: AugConfig | None = None,
-) -> tuple[Callable, Callable]:
-    """Train and eval transforms for RGB PIL images.
-
-    Args:
-        data_config: timm's ``resolve_data_config`` output (input_size, interpolation, crop_pct, mean, std).
-        img_size: square training / eval size; None keeps ``data_config["input_size"]``.
-        two_views: wrap the train transform in :class:`TwoViews` (items become ``(2, 3, H, W)``).
-        aug: augmentation settings; None = ``AugConfig()``.
-
-    Returns:
-        ``(train_transform, eval_transform)``. Eval = timm's ``create_transform(is_training=False)``
-        (resize to size / crop_pct, centre crop, normalise), exactly what serving reproduces.
-        Train = RandomResizedCrop -> horizontal flip -> ColorJitter -> ToTensor -> Normalize, with the
-        eval interpolation.
-    """
-    from timm.data import create_transform
-    from timm.data.transforms import str_to_interp_mode
-    from torchvision import transforms as tvt
-
-    aug = aug or AugConfig()
-    lo, hi = aug.scale
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"aug.scale must satisfy 0 < low <= high <= 1, got {aug.scale}")
-    if not 0 <= aug.hflip <= 1 or aug.color_jitter < 0:
-        raise ValueError(
-            f"aug.hflip must lie in [0, 1] and color_jitter be >= 0, got {aug.hflip}, {aug.color_jitter}"
-        )
-    cfg = dict(data_config)
-    if img_size is not None:
-        cfg["input_size"] = (3, img_size, img_size)
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    eval_tf = create_transform(**{k: cfg[k] for k in keys if k in cfg}, is_training=False)
-    size = tuple(cfg["input_size"][-2:])
-    interpolation = str_to_interp_mode(cfg.get("interpolation", "bilinear"))
-    steps: list[Callable] = [
-        tvt.RandomResizedCrop(size, scale=aug.scale, ratio=aug.ratio, interpolation=interpolation)
-    ]
-    if aug.hflip > 0:
-        steps.append(tvt.RandomHorizontalFlip(aug.hflip))
-    if aug.color_jitter > 0:
-        steps.append(tvt.ColorJitter(aug.color_jitter, aug.color_jitter, aug.color_jitter))
-    steps += [tvt.ToTensor(), tvt.Normalize(cfg["mean"], cfg["std"])]
-    train_tf: Callable = tvt.Compose(steps)
-    return (TwoViews(train_tf) if two_views else train_tf), eval_tf
-
-
-class TwoViews:
-    """Apply a random transform twice: image -> ``(2, 3, H, W)``, two independent augmentations."""
-
-    def __init__(self, transform: Callable) -> None:
-        self.transform = transform
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.stack([self.transform(image), self.transform(image)])  # (2, 3, H, W)
-
-    def __repr__(self) -> str:
-        return f"TwoViews({self.transform!r})"
-
-
-def stack_views(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, V, 3, H, W)``, ``(B,)`` -> ``(V*B, 3, H, W)``, ``(V*B,)`` in the CONTRACTS row layout.
-
-    Rows are ``[view 1 of images 0..B-1; view 2 of images 0..B-1; ...]``; row ``v*B + i`` is view v+1
-    of image i, and the labels are the image labels repeated V times.
-    """
-    b, v = images.shape[:2]
-    rows = images.transpose(0, 1).reshape(v * b, *images.shape[2:])  # (V*B, 3, H, W)
-    return rows, labels.repeat(v)  # (V*B,)
-
-
-def two_view_collate(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """DataLoader ``collate_fn`` for :class:`TwoViews` items: ``(2B, 3, H, W)`` rows, ``(2B,)`` labels."""
-    images, labels = default_collate(batch)  # (B, 2, 3, H, W), (B,)
-    return stack_views(images, labels)
+# The torchvision-backed builders register themselves; imported last, once the registry exists.
+from training import torchvision_datasets  # noqa: E402

@@ -30,15 +30,7 @@ from clce_core.losses import create_loss
 from clce_core.models import ClassifierModel, WeightsError, create_model, model_data_config
 from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import ConfigError, RunConfig, add_arguments, config_from_args, save_yaml
-from training.data import (
-    AugConfig,
-    DatasetError,
-    DatasetSplits,
-    build_datasets,
-    build_transforms,
-    take_per_class,
-    two_view_collate,
-)
+from training.data import DatasetError, DatasetSplits, build_datasets, take_per_class
 from training.engine import (
     StepContext,
     TrainingError,
@@ -49,6 +41,7 @@ from training.engine import (
     warmup_cosine,
 )
 from training.samplers import ClassBalancedBatchSampler
+from training.transforms import AugConfig, build_transforms, two_view_collate
 
 log = logging.getLogger("clce.finetune")
 
@@ -62,6 +55,8 @@ RESUME_OVERRIDABLE = {
     "max_steps_per_epoch",
     "data_dir",
     "download",
+    "val_per_class",
+    "test_per_class",
 }
 
 
@@ -149,9 +144,13 @@ class Run:
             cfg.seed,
             cfg.val_fraction,
         )
-        if cfg.val_per_class is not None:
+        if cfg.val_per_class is not None:  # seeded and class-balanced, like every split decision
             self.data.val = self.data.val.subset(
                 take_per_class(self.data.val.targets, cfg.val_per_class, cfg.seed)
+            )
+        if cfg.test_per_class is not None and self.data.test is not None:
+            self.data.test = self.data.test.subset(
+                take_per_class(self.data.test.targets, cfg.test_per_class, 0)
             )
         log.info("%s", self.data.describe())
         self.model = build_model(cfg, self.data.num_classes, pretrained).to(self.device)

@@ -6,7 +6,6 @@ them, so the ``no_md5`` fixture replaces torchvision's ``check_integrity`` in th
 """
 
 import gzip
-import io
 import json
 import os
 import pickle
@@ -22,22 +21,19 @@ from PIL import Image
 from scipy.io import savemat
 from torchvision.datasets import utils as tv_utils
 
-from training import data
+from tests.training.test_images import _image_zoo
+from tests.training.test_transforms import LITE0
+from training import data, torchvision_datasets
 from training.data import (
-    AugConfig,
     DatasetError,
     ImageFiles,
-    TwoViews,
     build_datasets,
     build_fewshot_split,
-    build_transforms,
     class_folder_images,
-    fewshot_classes,
     list_datasets,
-    load_image,
-    stack_views,
-    two_view_collate,
 )
+from training.torchvision_datasets import fewshot_classes
+from training.transforms import build_transforms, two_view_collate
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -102,13 +98,15 @@ def fake_caltech256(root: Path) -> dict:
 def _cifar_batch(n_per_class: int, seed: int) -> dict:
     fine = np.repeat(np.arange(100), n_per_class)
     coarse_of = {
-        c: s for s, (_, fines) in enumerate(sorted(data.CIFAR100_SUPERCLASSES.items())) for c in fines
+        c: s
+        for s, (_, fines) in enumerate(sorted(torchvision_datasets.CIFAR100_SUPERCLASSES.items()))
+        for c in fines
     }
     rng = np.random.default_rng(seed)
     return {
         "data": rng.integers(0, 256, (len(fine), 3072), dtype=np.uint8),
         "fine_labels": fine.tolist(),
-        "coarse_labels": [coarse_of[data.CIFAR100_CLASSES[f]] for f in fine],
+        "coarse_labels": [coarse_of[torchvision_datasets.CIFAR100_CLASSES[f]] for f in fine],
         "filenames": [f"img_{i}.png" for i in range(len(fine))],
     }
 
@@ -119,8 +117,8 @@ def fake_cifar100(root: Path) -> dict:
     for name, batch in (("train", _cifar_batch(4, 0)), ("test", _cifar_batch(2, 1))):
         (base / name).write_bytes(pickle.dumps(batch))
     meta = {
-        "fine_label_names": data.CIFAR100_CLASSES,
-        "coarse_label_names": sorted(data.CIFAR100_SUPERCLASSES),
+        "fine_label_names": torchvision_datasets.CIFAR100_CLASSES,
+        "coarse_label_names": sorted(torchvision_datasets.CIFAR100_SUPERCLASSES),
     }
     (base / "meta").write_bytes(pickle.dumps(meta))
     # 4 training images per class: val 1 / train 3; 2 test images per class
@@ -208,7 +206,7 @@ def no_md5(monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets.flowers102, "check_integrity", exists)
     monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", exists)
-    monkeypatch.setattr(data, "CALTECH256_TRAIN_PER_CLASS", 4)
+    monkeypatch.setattr(torchvision_datasets, "CALTECH256_TRAIN_PER_CLASS", 4)
 
 
 @pytest.fixture
@@ -365,7 +363,7 @@ def test_fewshot_class_splits():
     for name, sizes in (("cifar-fs", (64, 16, 20)), ("fc100", (60, 20, 20))):
         parts = [fewshot_classes(name, s) for s in ("train", "val", "test")]
         assert tuple(map(len, parts)) == sizes
-        assert sorted(sum(parts, [])) == data.CIFAR100_CLASSES
+        assert sorted(sum(parts, [])) == torchvision_datasets.CIFAR100_CLASSES
     assert "whale" in fewshot_classes("cifar-fs", "test") and "whale" in fewshot_classes("fc100", "test")
     with pytest.raises(DatasetError, match="cifar-fs, fc100"):
         fewshot_classes("flowers102", "test")
@@ -378,54 +376,11 @@ def test_build_fewshot_split_takes_all_images_of_the_classes(tmp_path):
 
 def test_split_files_match_shared():
     for name in ("cifar-fs", "fc100"):
-        packaged = data.SPLITS_DIR / f"{name}.json"
+        packaged = torchvision_datasets.SPLITS_DIR / f"{name}.json"
         assert packaged.is_file()
         shared = SHARED / "splits" / f"{name}.json"
         if shared.is_file():
             assert json.loads(packaged.read_text()) == json.loads(shared.read_text())
-
-
-# --------------------------------------------------------------------------- the image-loading rule
-
-
-def _image_zoo(folder: Path) -> None:
-    """Grey, RGBA, LA, palette-with-transparency, 16-bit grey and EXIF-rotated images."""
-    folder.mkdir(parents=True)
-    Image.new("L", (8, 8), 77).save(folder / "grey.png")
-    rgba = np.zeros((8, 8, 4), np.uint8)
-    rgba[..., 0] = 255  # red, left half opaque, right half transparent
-    rgba[:, :4, 3] = 255
-    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
-    Image.fromarray(np.dstack([np.zeros((8, 8), np.uint8), np.full((8, 8), 128, np.uint8)]), "LA").save(
-        folder / "la.png"
-    )
-    pal = Image.new("P", (8, 8), 0)
-    pal.putpalette([0, 0, 255, 0, 255, 0] + [0] * 762)  # index 0 blue, 1 green
-    pal.paste(1, (0, 0, 4, 8))
-    pal.save(folder / "palette.png", transparency=0)  # blue (right half) is transparent
-    Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(folder / "grey16.png")
-    stored = np.zeros((10, 20, 3), np.uint8)  # 20 wide, 10 high: left half red, right half blue
-    stored[:, :10, 0] = 255
-    stored[:, 10:, 2] = 255
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    Image.fromarray(stored).save(folder / "rotated.jpg", exif=exif, quality=95)
-
-
-def test_load_image_rule(tmp_path):
-    _image_zoo(tmp_path / "zoo")
-    z = {p.stem: np.asarray(load_image(p)).astype(int) for p in (tmp_path / "zoo").iterdir()}
-    assert all(a.ndim == 3 and a.shape[2] == 3 for a in z.values())
-    assert (z["grey"] == 77).all()
-    assert (z["rgba"][:, :4] == [255, 0, 0]).all() and (z["rgba"][:, 4:] == 255).all()
-    assert (np.abs(z["la"] - 127) <= 1).all()  # black at alpha 0.5 over white
-    assert (z["palette"][:, :4] == [0, 255, 0]).all() and (z["palette"][:, 4:] == 255).all()
-    assert (z["grey16"] == 255).all()
-    rotated = z["rotated"]
-    assert rotated.shape == (20, 10, 3)  # upright: 10 wide, 20 high
-    assert (np.abs(rotated[:8] - [255, 0, 0]) < 40).all() and (np.abs(rotated[12:] - [0, 0, 255]) < 40).all()
-    raw = (tmp_path / "zoo" / "rotated.jpg").read_bytes()
-    assert np.array_equal(np.asarray(load_image(raw)), np.asarray(load_image(io.BytesIO(raw))))
 
 
 def test_imagefolder_single_folder_with_every_image_kind(tmp_path):
@@ -465,55 +420,7 @@ def test_glyph_set_as_imagefolder():
     assert splits.train[0][0].mode == "RGB"
 
 
-# --------------------------------------------------------------------------- transforms and two views
-
-LITE0 = {
-    "input_size": (3, 224, 224),
-    "interpolation": "bicubic",
-    "mean": (0.5, 0.5, 0.5),
-    "std": (0.5, 0.5, 0.5),
-    "crop_pct": 0.875,
-    "crop_mode": "center",
-}
-
-
-def test_transforms_shapes_and_eval_equals_timm():
-    from timm.data import create_transform
-    from torchvision.transforms import InterpolationMode
-
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
-    train_tf, eval_tf = build_transforms(LITE0, img_size=32)
-    timm_eval = create_transform(**{**LITE0, "input_size": (3, 32, 32)}, is_training=False)
-    assert torch.equal(eval_tf(image), timm_eval(image)) and eval_tf(image).shape == (3, 32, 32)
-    assert train_tf(image).shape == (3, 32, 32)
-    crop = train_tf.transforms[0]
-    assert crop.interpolation == InterpolationMode.BICUBIC and crop.scale == AugConfig().scale
-    names = [
-        type(t).__name__
-        for t in build_transforms(LITE0, 32, aug=AugConfig(hflip=0, color_jitter=0))[0].transforms
-    ]
-    assert names == ["RandomResizedCrop", "ToTensor", "Normalize"]
-    assert build_transforms(LITE0)[1](image).shape == (3, 224, 224)
-    with pytest.raises(ValueError, match="scale"):
-        build_transforms(LITE0, 32, aug=AugConfig(scale=(0.5, 0.2)))
-
-
-def test_two_views_are_independent_augmentations():
-    torch.manual_seed(0)
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
-    train_tf, _ = build_transforms(LITE0, img_size=24, two_views=True)
-    assert isinstance(train_tf, TwoViews)
-    views = train_tf(image)
-    assert views.shape == (2, 3, 24, 24) and not torch.equal(views[0], views[1])
-
-
-def test_stack_views_row_layout():
-    b = 3
-    images = torch.arange(b * 2, dtype=torch.float32).view(b, 2, 1, 1, 1).expand(b, 2, 3, 2, 2)  # value 2i+v
-    rows, labels = stack_views(images, torch.tensor([7, 8, 9]))
-    assert rows.shape == (2 * b, 3, 2, 2)
-    assert rows[:, 0, 0, 0].tolist() == [0, 2, 4, 1, 3, 5]  # [view 1 of 0..B-1; view 2 of 0..B-1]
-    assert labels.tolist() == [7, 8, 9, 7, 8, 9]
+# --------------------------------------------------------------------------- datasets through the DataLoader
 
 
 def test_two_view_collate_in_a_dataloader(tmp_path):
