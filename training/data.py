@@ -482,15 +482,4 @@ def _imagefolder(root: Path | None, download: bool, seed: int, val_fraction: flo
     return RawSplits(classes, train, val, everything.subset(test_pos))
 
 
-_REEXPORTED = ("build_fewshot_split", "fewshot_classes")  # live in torchvision_datasets (used by embed.py)
-
-
-def __getattr__(name: str) -> Any:
-    """Resolve the re-exports lazily, so either module may be imported first (no import cycle)."""
-    if name in _REEXPORTED:
-        return getattr(torchvision_datasets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 # The torchvision-backed builders register themselves; imported last, once the registry exists.
-from training import torchvision_datasets  # noqa: E402

@@ -28,11 +28,10 @@ from training.data import (
     DatasetError,
     ImageFiles,
     build_datasets,
-    build_fewshot_split,
     class_folder_images,
     list_datasets,
 )
-from training.torchvision_datasets import fewshot_classes
+from training.torchvision_datasets import build_fewshot_split, fewshot_classes
 from training.transforms import build_transforms, two_view_collate
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
