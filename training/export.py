@@ -1,0 +1,444 @@
+"""Export a checkpoint to an ONNX model folder, verified against PyTorch.
+
+    python -m training.export --checkpoint runs/flowers102-clce/best.pt --output models/flowers102-clce
+    python -m training.export --checkpoint runs/X/best.pt --output models/X-fp16 --fp16 --force
+    python -m training.export --checkpoint runs/X/best.pt --output models/X --check-accuracy
+
+Writes ``OUTPUT/encoder.onnx`` (pixel_values (N, 3, H, W) -> embedding (N, D), un-normalised),
+``OUTPUT/head.onnx`` (embedding -> logits (N, C)) and ``OUTPUT/model.json`` (the model card; see
+models/README.md). Before anything lands in OUTPUT, ONNX Runtime (CPU) runs 7 check images (3 random,
+4 structured) at batch 1 and 7 and must match PyTorch: logits within 1e-4 x max(1, max|logit|) and
+embedding cosine >= 0.9999 (fp32), or 5e-2 x max(1, max|logit|), cosine >= 0.999 and the same top-1
+(--fp16). --check-accuracy (or --dataset/--data-dir) also runs the ONNX model once over the run's
+test split and compares its top-1 with PyTorch's and the checkpoint's recorded number.
+
+Exit codes: 0 exported; 1 the export did not match PyTorch (nothing written); 2 bad arguments,
+checkpoint or output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clce_core.models import ClassifierModel
+from training.onnx_export import (
+    TOLERANCES,
+    ConversionError,
+    check_images,
+    convert_to_fp16,
+    describe_parity,
+    evaluate_accuracy,
+    export_onnx,
+    measure_parity,
+    ort_session,
+    parity_failures,
+    sha256_file,
+    supported_opsets,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_OPSET = 17
+ENCODER_FILE, HEAD_FILE, CARD_FILE = "encoder.onnx", "head.onnx", "model.json"
+
+
+class ExportError(Exception):
+    """The export cannot start or be written (output path, opset, labels); one line, exit code 2."""
+
+
+class ParityError(Exception):
+    """The exported files do not reproduce PyTorch within the tolerance; one line with the numbers."""
+
+
+@dataclass
+class CardInfo:
+    """What ``model.json`` says beyond the network itself.
+
+    Attributes:
+        model_name: the timm model name.
+        labels: class names in logit order (C of them).
+        data_config: eval preprocessing: input_size [3, H, W], interpolation, crop_pct, crop_mode, mean, std.
+        loss: ``{"name", "lam", "tau"}`` of the training run (None for a head that was never trained).
+        metrics: training metrics (val_top1, test_top1, ... in percent).
+    """
+
+    model_name: str
+    labels: list[str]
+    data_config: dict[str, Any]
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": None, "lam": None, "tau": None})
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], checkpoint: str | os.PathLike[str]) -> CardInfo:
+        """Card info of a training checkpoint; its test metrics come from ``metrics.jsonl`` beside it.
+
+        The last line of ``metrics.jsonl`` holds the test top-1 of ``best.pt``; it is taken when its
+        ``best_epoch`` is this checkpoint's epoch.
+        """
+        cfg = state["config"]
+        metrics = {k: v for k, v in dict(state.get("metrics") or {}).items() if k != "epoch"}
+        metrics["epoch"] = int(state["epoch"])
+        if "best_val_top1" in state:
+            metrics["best_val_top1"] = state["best_val_top1"]
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(checkpoint).with_name("metrics.jsonl").read_text().splitlines():
+                row = json.loads(line) if line.strip() else {}
+                if "test_top1" in row and row.get("best_epoch") == state["epoch"]:
+                    metrics.update(test_top1=row["test_top1"], test_top5=row.get("test_top5"))
+        return cls(
+            model_name=state.get("model_name") or cfg["model"],
+            labels=[str(c) for c in state["classes"]],
+            data_config=dict(state["data_config"]),
+            loss={"name": cfg.get("loss"), "lam": cfg.get("lam"), "tau": cfg.get("tau")},
+            metrics=metrics,
+        )
+
+    @classmethod
+    def from_model(cls, model: ClassifierModel, labels: list[str] | None = None) -> CardInfo:
+        """Card info of a model without a training run (e.g. packaged weights and a fresh head)."""
+        labels = labels or [f"class_{i}" for i in range(model.num_classes)]
+        return cls(model.model_name, list(labels), model.data_config)
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote: the folder and its model card (``model.json`` as a dict)."""
+
+    output: Path
+    card: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------- the folder
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse a file, or a folder holding anything but an export; an export is replaced only with ``force``.
+
+    Raises:
+        ExportError: saying what to do instead.
+    """
+    if output.is_symlink():
+        raise ExportError(f"--output {output} is a symbolic link; pass the folder it points to")
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"--output {output} is a file, not a folder; choose a new folder path")
+    if output.is_dir() and any(output.iterdir()):
+        if not (output / CARD_FILE).is_file():
+            raise ExportError(
+                f"--output {output} is a non-empty folder without {CARD_FILE}, not a model export; "
+                "choose a new folder (it is never overwritten, even with --force)"
+            )
+        if not force:
+            raise ExportError(f"{output} already holds an exported model; pass --force to replace it")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ExportError(f"cannot create {output}: {parent} is a file")
+            break
+
+
+@contextlib.contextmanager
+def _staging_folder(output: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside ``output``; removed unless it was renamed into place."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write to {output}: {e.strerror or e}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the export is an ordinary folder
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, output: Path) -> None:
+    """Rename the staged folder to ``output``; an old export there is renamed aside first, then removed."""
+    old = None
+    if output.is_dir():
+        if any(output.iterdir()):
+            old = output.with_name(f".{output.name}.old-{os.getpid()}")
+            os.rename(output, old)
+        else:
+            output.rmdir()
+    try:
+        os.rename(tmp, output)
+    except OSError:
+        if old is not None:
+            os.rename(old, output)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: tuples to lists, numpy scalars to Python numbers, NaN and inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_card(
+    info: CardInfo, embedding_dim: int, opset: int, precision: str, files: dict[str, str]
+) -> dict[str, Any]:
+    """``model.json`` in CONTRACTS order; ``parity`` (and ``accuracy``) are appended after the checks."""
+    import onnx
+    import timm
+
+    dc = info.data_config
+    card = {
+        "schema_version": SCHEMA_VERSION,
+        "model_name": info.model_name,
+        "labels": list(info.labels),
+        "embedding_dim": int(embedding_dim),
+        "input_size": [int(v) for v in dc["input_size"]],
+        "interpolation": dc.get("interpolation") or "bilinear",
+        "crop_pct": float(dc.get("crop_pct") or 0.875),
+        "crop_mode": dc.get("crop_mode") or "center",
+        "mean": [float(v) for v in dc["mean"]],
+        "std": [float(v) for v in dc["std"]],
+        "loss": dict(info.loss),
+        "metrics": dict(info.metrics),
+        "opset": int(opset),
+        "precision": precision,
+        "versions": {"torch": str(torch.__version__), "timm": timm.__version__, "onnx": onnx.__version__},
+        "files": files,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    return _plain(card)
+
+
+# --------------------------------------------------------------------------------------- the export
+
+
+def export_model(
+    model: ClassifierModel,
+    info: CardInfo,
+    output: str | os.PathLike[str],
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    force: bool = False,
+    images: np.ndarray | None = None,
+    accuracy_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> ExportResult:
+    """Export ``model`` to ``output``/{encoder.onnx, head.onnx, model.json}, verified, then renamed into place.
+
+    Args:
+        model: the model to export (exported on the CPU, float32, eval mode).
+        info: labels, preprocessing, loss and metrics for the card.
+        output: the export folder: new, empty, or holding an export (replaced only with ``force``).
+        opset: ONNX opset for the legacy exporter.
+        fp16: float16 compute inside both graphs, float32 inputs and outputs.
+        images: normalised check images ``(N, 3, H, W)``; default :func:`training.onnx_export.check_images`.
+        accuracy_loader: labelled batches (eval transform) on which ONNX top-1 is compared with PyTorch's
+            once; the numbers go into the card as ``accuracy``.
+
+    Raises:
+        ExportError: bad output path, opset or labels, or the exporter failed (nothing is written).
+        ParityError: ONNX Runtime disagrees with PyTorch beyond the tolerance (nothing is written).
+    """
+    output = Path(output)
+    lo, hi = supported_opsets()
+    if not lo <= opset <= hi:
+        raise ExportError(
+            f"--opset {opset} is not supported by torch {torch.__version__}'s legacy ONNX exporter "
+            f"(opsets {lo}-{hi}); use --opset {DEFAULT_OPSET}"
+        )
+    check_output(output, force)
+    model = model.float().cpu().eval()
+    if len(info.labels) != model.num_classes:
+        raise ExportError(f"{len(info.labels)} labels for a head with {model.num_classes} classes")
+    c, h, w = (int(v) for v in info.data_config["input_size"])
+    precision = "fp16" if fp16 else "fp32"
+    tol = TOLERANCES[precision]
+    images = check_images(info.data_config) if images is None else images
+    with _staging_folder(output) as tmp:
+        try:
+            images_in, embedding_in = torch.randn(2, c, h, w), torch.randn(2, model.embedding_dim)
+            with torch.no_grad():
+                export_onnx(model.encoder, images_in, tmp / ENCODER_FILE, "pixel_values", "embedding", opset)
+                export_onnx(model.head, embedding_in, tmp / HEAD_FILE, "embedding", "logits", opset)
+            if fp16:
+                convert_to_fp16(tmp / ENCODER_FILE)
+                convert_to_fp16(tmp / HEAD_FILE)
+        except ConversionError as e:
+            raise ExportError(str(e)) from None
+        except OSError as e:
+            raise ExportError(f"cannot write to {output}: {e.strerror or e}") from None
+        try:
+            encoder, head = ort_session(tmp / ENCODER_FILE), ort_session(tmp / HEAD_FILE)
+        except Exception as e:  # onnxruntime's Fail / InvalidGraph / NotImplemented
+            first = str(e).strip().splitlines()[0][:300]
+            raise ExportError(f"ONNX Runtime cannot load the opset {opset} export: {first}") from None
+        parity = measure_parity(model, encoder, head, images, tol)
+        failures = parity_failures(parity, tol)
+        if failures:
+            raise ParityError(f"the {precision} export does not match PyTorch: {'; '.join(failures)}")
+        files = {name: sha256_file(tmp / name) for name in (ENCODER_FILE, HEAD_FILE)}
+        card = build_card(info, model.embedding_dim, opset, precision, files)
+        card["parity"] = _plain(parity)
+        if accuracy_loader is not None:
+            accuracy = evaluate_accuracy(model, encoder, head, accuracy_loader)
+            card["accuracy"] = _plain(accuracy)
+            if not abs(accuracy["onnx_top1"] - accuracy["torch_top1"]) <= tol.top1_points:
+                raise ParityError(
+                    f"ONNX top-1 {accuracy['onnx_top1']:.2f}% vs PyTorch {accuracy['torch_top1']:.2f}% on "
+                    f"{accuracy['images']} images differs by more than {tol.top1_points} points"
+                )
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+        try:
+            _move_into_place(tmp, output)
+        except OSError as e:
+            raise ExportError(f"cannot move the export into {output}: {e.strerror or e}") from None
+    return ExportResult(output, card)
+
+
+# --------------------------------------------------------------------------------------- the CLI
+
+
+def accuracy_loader(
+    state: dict[str, Any], dataset: str | None, data_dir: str | None, split: str, workers: int
+) -> tuple[Any, str]:
+    """Batches of the run's (or the given) dataset split under the eval transform, and a description.
+
+    Raises:
+        training.data.DatasetError: the dataset cannot be built.
+        ExportError: its classes are not the checkpoint's.
+    """
+    from torch.utils.data import DataLoader
+
+    from training.data import build_datasets
+    from training.transforms import build_transforms
+
+    cfg = state["config"]
+    name = dataset or cfg["dataset"]
+    root = data_dir if data_dir is not None else (cfg.get("data_dir") if name == cfg["dataset"] else None)
+    eval_tf = build_transforms(state["data_config"])[1]
+    data = build_datasets(
+        name, root, False, None, eval_tf, None, int(cfg.get("seed", 0)), float(cfg.get("val_fraction", 0.1))
+    )
+    if list(data.classes) != list(state["classes"]):
+        raise ExportError(
+            f"{name} has {len(data.classes)} classes ({', '.join(data.classes[:3])}, ...) but the checkpoint "
+            f"was trained on {len(state['classes'])} ({', '.join(state['classes'][:3])}, ...); "
+            "pass the run's own --dataset/--data-dir"
+        )
+    subset = data.test if split == "test" else data.val
+    if subset is None:
+        raise ExportError(f"{name} has no {split} split; use --split val")
+    return DataLoader(subset, batch_size=64, num_workers=workers), f"{name} {split}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.export",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="best.pt or last.pt of a training run")
+    parser.add_argument("--output", required=True, help="the export folder, e.g. models/NAME")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default %(default)s)")
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="compute in float16 inside the graphs (inputs/outputs stay float32)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace an existing export in --output")
+    parser.add_argument(
+        "--check-accuracy",
+        action="store_true",
+        help="evaluate the ONNX model once on the run's test split and compare with PyTorch",
+    )
+    parser.add_argument("--dataset", help="dataset for the accuracy check (default: the run's); implies it")
+    parser.add_argument("--data-dir", help="its location (default: the run's); implies --check-accuracy")
+    parser.add_argument(
+        "--split", choices=("test", "val"), default="test", help="split for the accuracy check"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="data-loading workers for the accuracy check")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    from training.checkpoint import CheckpointError, model_from_checkpoint
+    from training.data import DatasetError
+
+    try:
+        try:
+            model, state = model_from_checkpoint(args.checkpoint)
+            info = CardInfo.from_checkpoint(state, args.checkpoint)
+        except (KeyError, TypeError, ValueError) as e:  # a CLCE checkpoint with a config this code cannot use
+            raise CheckpointError(
+                f"checkpoint {args.checkpoint} does not describe a model ({e!s:.200})"
+            ) from None
+        loader, described = None, ""
+        if args.check_accuracy or args.dataset or args.data_dir:
+            loader, described = accuracy_loader(state, args.dataset, args.data_dir, args.split, args.workers)
+        result = export_model(
+            model,
+            info,
+            args.output,
+            opset=args.opset,
+            fp16=args.fp16,
+            force=args.force,
+            accuracy_loader=loader,
+        )
+    except (CheckpointError, ExportError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ParityError as e:
+        print(f"error: {e}; nothing was written to {args.output}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    card = result.card
+    print(
+        f"exported {args.checkpoint} -> {result.output}/ ({card['precision']}, opset {card['opset']}, "
+        f"{card['model_name']}, D={card['embedding_dim']}, {len(card['labels'])} classes)"
+    )
+    parity = card["parity"]
+    batches = " and ".join(map(str, parity["batch_sizes"]))
+    print(
+        f"parity (ONNX Runtime CPU vs PyTorch, {parity['images']} check images at batch {batches}): ", end=""
+    )
+    print(describe_parity(parity))
+    if "accuracy" in card:
+        acc, recorded = card["accuracy"], card["metrics"].get(f"{args.split}_top1")
+        note = f", recorded in training {recorded:.2f}%" if isinstance(recorded, int | float) else ""
+        print(
+            f"accuracy ({described}, {acc['images']} images): ONNX top-1 {acc['onnx_top1']:.2f}%, "
+            f"PyTorch {acc['torch_top1']:.2f}%{note}; {acc['disagreements']} predictions differ"
+        )
+    else:
+        print("accuracy: not checked; add --check-accuracy to run the ONNX model over the run's test split")
+    print(f"model id (sha256 of encoder.onnx): {card['files'][ENCODER_FILE]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
