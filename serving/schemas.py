@@ -1,0 +1,184 @@
+"""Request fields and response models of the HTTP API (CONTRACTS "HTTP API").
+
+Requests are multipart forms, so their fields are declared as reusable ``Annotated`` types (the
+routes use them as parameters and FastAPI validates them); responses are pydantic models given as
+``response_model``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import File, Form, Query, UploadFile
+from pydantic import BaseModel, Field
+
+# ------------------------------------------------------------------------------------------ requests
+
+MAX_LABEL_LENGTH = 200
+
+Images = Annotated[
+    list[UploadFile], File(description="Image files (JPEG, PNG, WebP, BMP, GIF, TIFF), repeated.")
+]
+Queries = Annotated[list[UploadFile], File(description="Query images to classify, repeated.")]
+SupportImages = Annotated[
+    list[UploadFile],
+    File(description="Support images, repeated; `support_labels` gives their labels in order."),
+]
+OptionalSupportImages = Annotated[
+    list[UploadFile] | None,
+    File(description="Support images, repeated (or give `support_set_id`)."),
+]
+SupportLabels = Annotated[
+    list[str], Form(description="One label per support image, repeated, in the order of the `support` files.")
+]
+OptionalSupportLabels = Annotated[
+    list[str] | None, Form(description="One label per support image, in the order of the `support` files.")
+]
+SupportSetId = Annotated[
+    str | None, Form(description="Use a stored support set instead of uploading support images.")
+]
+Threshold = Annotated[
+    float | None,
+    Form(
+        ge=-1.0,
+        le=1.0,
+        description="Cosine similarity in [-1, 1]; a query whose best score is below it is labelled `unknown`.",
+    ),
+]
+TopK = Annotated[
+    int, Query(ge=1, le=100_000, description="How many classes to return per image (at most C).")
+]
+SetName = Annotated[str, Form(min_length=1, max_length=200, description="A name for the support set.")]
+
+# ----------------------------------------------------------------------------------------- responses
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. `invalid_image`.")
+    message: str = Field(description="What was wrong and what to do.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResult(BaseModel):
+    filename: str
+    top_k: list[LabelProbability]
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="sha256 of encoder.onnx: the model's identity.")
+    results: list[ClassifyResult]
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int
+    embeddings: list[list[float]] = Field(
+        description="L2-normalised embeddings, one row per image, in order."
+    )
+
+
+class FewShotResult(BaseModel):
+    filename: str
+    label: str = Field(description="The nearest class by cosine similarity to its prototype, or `unknown`.")
+    scores: dict[str, float] = Field(description="Cosine similarity to each class prototype.")
+
+
+class FewShotResponse(BaseModel):
+    model: str
+    classes: list[str] = Field(description="The support classes, in order of first appearance.")
+    threshold: float | None
+    support_set_id: str | None
+    results: list[FewShotResult]
+
+
+class SupportSetOut(BaseModel):
+    id: str
+    name: str
+    model: str = Field(description="sha256 of the encoder whose embeddings the set holds.")
+    compatible: bool = Field(description="Whether the set was made by the model this server runs.")
+    embedding_dim: int
+    num_images: int
+    classes: dict[str, int] = Field(description="Support images per label.")
+    created: str
+    updated: str
+
+
+class SupportSetList(BaseModel):
+    support_sets: list[SupportSetOut]
+
+
+class DeleteResponse(BaseModel):
+    id: str
+    deleted: bool
+
+
+class BatchingInfo(BaseModel):
+    max_batch: int
+    max_wait_ms: float
+    max_queue: int
+
+
+class LimitsInfo(BaseModel):
+    max_files: int
+    max_upload_bytes: int
+    max_image_pixels: int
+
+
+class InfoResponse(BaseModel):
+    model: str = Field(description="sha256 of encoder.onnx.")
+    model_name: str
+    num_classes: int
+    labels: list[str]
+    embedding_dim: int
+    input_size: list[int]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str
+    mean: list[float]
+    std: list[float]
+    loss: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    opset: int | None = None
+    versions: dict[str, Any] | None = None
+    created: str | None = None
+    device: str
+    providers: list[str]
+    batching: BatchingInfo
+    limits: LimitsInfo
+
+
+class LiveResponse(BaseModel):
+    status: str = "alive"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    reasons: list[str] = Field(
+        default_factory=list, description="Why the server is not ready (empty when ready)."
+    )
+    device: str
+    providers: list[str]
+
+
+#: The error responses every protected route may give, for the OpenAPI page.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Bad input (empty file, corrupt image, ...)",
+        401: "Missing or wrong X-API-Key",
+        404: "Unknown support set",
+        409: "Support set made by another model",
+        413: "Too many files, too many bytes or too many pixels",
+        415: "Not an image, or an unsupported format",
+        422: "Missing or invalid fields",
+        429: "Queue full; retry after Retry-After seconds",
+    }.items()
+}

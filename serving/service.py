@@ -1,0 +1,221 @@
+"""What the routes share: the loaded model, the batcher, the store, and the upload -> model path.
+
+:class:`Service` is built once by the app's lifespan (``Service.start``) and reached from the
+routes through the ``ServiceDep`` dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from serving.errors import LabelsMismatch, MissingField, ServingError, TooManyFiles
+from serving.metrics import Metrics
+from serving.modelcard import ModelCard, load_model_card
+from serving.preprocessing import preprocess
+from serving.runtime import MicroBatcher, ModelRuntime
+from serving.schemas import MAX_LABEL_LENGTH
+from serving.settings import Settings
+from serving.store import SupportSetStore
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file, read into memory."""
+
+    field: str
+    index: int
+    filename: str
+    data: bytes
+
+    @property
+    def where(self) -> str:
+        return f"{self.field}[{self.index}]"
+
+
+@dataclass(eq=False)
+class Service:
+    """The running model and everything around it."""
+
+    settings: Settings
+    card: ModelCard
+    runtime: ModelRuntime
+    batcher: MicroBatcher
+    store: SupportSetStore
+    metrics: Metrics
+    pool: ThreadPoolExecutor
+    warmed: bool = False
+    warmup_error: str | None = None
+    _warm_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @classmethod
+    async def start(cls, settings: Settings, metrics: Metrics) -> Service:
+        """Load and verify the model, open the store, start the batcher and the warm-up.
+
+        Raises:
+            ModelLoadError, StoreError: with a message saying what to fix.
+        """
+        card = await run_in_threadpool(load_model_card, settings.model_dir)
+        runtime = await run_in_threadpool(
+            ModelRuntime, card, settings.device, settings.intra_op_threads, settings.intra_op_spinning
+        )
+        store = await run_in_threadpool(SupportSetStore, settings.resolved_db_path)
+        batcher = MicroBatcher(
+            runtime.run, settings.max_batch, settings.max_wait_ms, settings.max_queue, metrics=metrics
+        )
+        await batcher.start()
+        pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="clce-preprocess")
+        service = cls(settings, card, runtime, batcher, store, metrics, pool)
+        logger.info(
+            "model %s (%s, %d classes, D=%d) on %s; support sets in %s",
+            card.sha256[:12],
+            card.model_name,
+            len(card.labels),
+            card.embedding_dim,
+            ", ".join(runtime.providers),
+            store.path,
+        )
+        if settings.warmup:
+            service._warm_task = asyncio.get_running_loop().create_task(service._warm_up())
+        else:
+            service.warmed = True
+        return service
+
+    async def _warm_up(self) -> None:
+        sizes = (1, self.settings.max_batch)
+        try:
+            await self.batcher.call_blocking(lambda: self.runtime.warmup(sizes))
+            self.warmed = True
+            logger.info("warm-up done (batch sizes %s)", sizes)
+        except Exception as e:  # the server stays not-ready and says why
+            self.warmup_error = f"warm-up failed: {e}"
+            logger.exception("warm-up failed")
+
+    async def stop(self) -> None:
+        if self._warm_task is not None and not self._warm_task.done():
+            self._warm_task.cancel()
+        await self.batcher.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def not_ready_reasons(self) -> list[str]:
+        """Empty when ready: model loaded, warmed up, and on CUDA when ``device=cuda``."""
+        reasons = []
+        if self.warmup_error:
+            reasons.append(self.warmup_error)
+        elif not self.warmed:
+            reasons.append("warming up")
+        if self.settings.device == "cuda" and not self.runtime.cuda_active:
+            reasons.append(
+                "CLCE_DEVICE=cuda but the sessions run on "
+                f"{', '.join(self.runtime.providers)}: CUDAExecutionProvider is not active "
+                "(onnxruntime-gpu installed? CUDA 12 and cuDNN 9 libraries found? GPU visible?)"
+            )
+        return reasons
+
+    # ------------------------------------------------------------------------------- uploads
+
+    async def read_uploads(self, groups: Sequence[tuple[str, Sequence[UploadFile]]]) -> list[list[Upload]]:
+        """Read the files of one request, checking the per-request file limit over all groups.
+
+        Args:
+            groups: ``(field name, files)`` pairs, e.g. ``[("support", ...), ("queries", ...)]``.
+
+        Returns:
+            The uploads of each group, in order.
+        """
+        total = sum(len(files) for _, files in groups)
+        if total > self.settings.max_files:
+            counts = " + ".join(f"{len(files)} {name}" for name, files in groups)
+            raise TooManyFiles(
+                f"got {total} files ({counts}); the limit is {self.settings.max_files} per request "
+                "(CLCE_MAX_FILES): split them over several requests"
+            )
+        out = []
+        for name, files in groups:
+            if not files:
+                raise MissingField(f"{name}: at least one file is required")
+            out.append(
+                [Upload(name, i, f.filename or f"{name}[{i}]", await f.read()) for i, f in enumerate(files)]
+            )
+        return out
+
+    async def pixels(self, uploads: Sequence[Upload]) -> np.ndarray:
+        """Decode and preprocess uploads in the preprocessing threads: ``(N, 3, H, W)`` float32.
+
+        Raises:
+            ServingError: for the first bad file, named by field, index and file name.
+        """
+        loop = asyncio.get_running_loop()
+        config, limit = self.card.preprocess, self.settings.max_image_pixels
+        jobs = [
+            loop.run_in_executor(self.pool, preprocess, u.data, u.filename, config, limit) for u in uploads
+        ]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for upload, result in zip(uploads, results, strict=True):
+            if isinstance(result, ServingError):
+                result.message = f"{upload.where}: {result.message}"
+                raise result
+            if isinstance(result, BaseException):
+                raise result
+        return np.stack(results)  # type: ignore[arg-type]  # (N, 3, H, W)
+
+    async def infer(self, uploads: Sequence[Upload]) -> tuple[np.ndarray, np.ndarray]:
+        """Uploads -> ``embedding`` ``(N, D)`` un-normalised and ``logits`` ``(N, C)``, batched."""
+        self.batcher.check_room(len(uploads))  # full already: answer 429 before decoding anything
+        with self.batcher.arriving():
+            pixels = await self.pixels(uploads)  # (N, 3, H, W)
+        return await self.batcher.submit(pixels)
+
+    async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call off the event loop."""
+        return await run_in_threadpool(fn, *args)
+
+
+def check_labels(labels: Sequence[str] | None, uploads: Sequence[Upload]) -> list[str]:
+    """Check that support images and labels pair up one to one; return the stripped labels.
+
+    Raises:
+        MissingField: no labels at all.
+        LabelsMismatch: counts differ (naming the classes left without an image, or the images
+            left without a label), or a label is empty or too long.
+    """
+    if not labels:
+        raise MissingField("support_labels: give one label per support image, in the same order")
+    clean = [label.strip() for label in labels]
+    for i, label in enumerate(clean):
+        if not label:
+            raise LabelsMismatch(f"support_labels[{i}] is empty; every support image needs a class name")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise LabelsMismatch(f"support_labels[{i}] is longer than {MAX_LABEL_LENGTH} characters")
+    n = len(uploads)
+    if len(clean) > n:
+        orphans = [c for c in dict.fromkeys(clean[n:]) if c not in clean[:n]]
+        detail = (
+            f"class {', '.join(repr(c) for c in orphans)} has no support image"
+            if orphans
+            else f"labels {clean[n:]!r} have no image"
+        )
+        raise LabelsMismatch(
+            f"got {n} support images but {len(clean)} support_labels: {detail}. "
+            "Send exactly one label per support image, in the same order"
+        )
+    if len(clean) < n:
+        unlabeled = ", ".join(
+            f"support[{i}] ({u.filename!r})" for i, u in enumerate(uploads) if i >= len(clean)
+        )
+        raise LabelsMismatch(
+            f"got {n} support images but {len(clean)} support_labels: {unlabeled} have no label. "
+            "Send exactly one label per support image, in the same order"
+        )
+    return clean
