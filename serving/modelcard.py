@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.preprocessing import PreprocessConfig
+from clce_core.preprocessing import EvalTransform as PreprocessConfig
 
 ENCODER_FILE = "encoder.onnx"
 HEAD_FILE = "head.onnx"

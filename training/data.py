@@ -7,7 +7,7 @@
 * Here: the registry, the split helpers, ``imagefolder`` and the offline ``fashion-mnist``. The
   torchvision-backed datasets live in :mod:`training.torchvision_datasets`, imported at the end of
   this module so that ``import training.data`` fills the registry. Images are read with the one
-  loading rule of :mod:`training.images`; transforms are in :mod:`training.transforms`.
+  loading rule of :mod:`clce_core.preprocessing`; transforms are in :mod:`training.transforms`.
 
 Splits and seeds: where a dataset has no validation split, ``val_fraction`` of each training class
 is held out (seeded, at least one image of a class with two or more). ``train_per_class=K`` then
@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from training.images import array_to_rgb, load_image
+from clce_core.preprocessing import array_to_rgb, load_image
 
 __all__ = [
     "DatasetError",

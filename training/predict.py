@@ -9,128 +9,32 @@ are searched recursively for image files (by extension), in sorted order. An ima
 read gets one ``error:`` line on stderr (and ``{"file", "error"}`` with --json); the rest are still
 classified, and the exit code is 1. Exit code 2: the model folder is missing, incomplete or altered.
 
-Preprocessing is the model card's: the CONTRACTS image rule (EXIF orientation, transparency on
-white, RGB; :func:`training.images.load_image`), then timm's eval transform re-done in numpy/PIL
-(:func:`preprocess`): resize to ``floor(size / crop_pct)`` with the card's interpolation, centre crop,
-``/255``, ``(x - mean) / std``; equal to ``timm.data.create_transform(**data_config)`` within 1e-5.
+Preprocessing is the model card's, from :mod:`clce_core.preprocessing` (shared with serving): the
+CONTRACTS image rule (EXIF orientation, transparency on white, RGB; ``load_image``), then timm's eval
+transform re-done in numpy/PIL (``EvalTransform``): resize to ``floor(size / crop_pct)`` with the
+card's interpolation, centre crop, ``/255``, ``(x - mean) / std``; equal to
+``timm.data.create_transform(**data_config)`` within 1e-5.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from training.images import load_image
+from clce_core.preprocessing import EvalTransform, load_image
 
 ENCODER_FILE, HEAD_FILE, CARD_FILE = "encoder.onnx", "head.onnx", "model.json"
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-# timm interpolation names -> PIL filters, as torchvision maps them for PIL images
-RESAMPLE = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 
 class ModelDirError(Exception):
     """The model folder cannot be used; one line saying why and what to do."""
-
-
-# ------------------------------------------------------------------------------------ preprocessing
-
-
-@dataclass(frozen=True)
-class EvalTransform:
-    """timm's ``transforms_imagenet_eval`` for one model card, in numpy and PIL.
-
-    Attributes:
-        input_size: (3, H, W).
-        interpolation: a :data:`RESAMPLE` key.
-        crop_pct: the image is resized to ``floor(size / crop_pct)`` before the crop.
-        crop_mode: ``center`` (shorter side, crop), ``squash`` (both sides, crop) or ``border``
-            (longer side, pad with the mean colour).
-        mean, std: per-channel normalisation of [0, 1] pixels.
-    """
-
-    input_size: tuple[int, int, int]
-    interpolation: str
-    crop_pct: float
-    crop_mode: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_card(cls, card: dict[str, Any]) -> EvalTransform:
-        interpolation = card.get("interpolation") or "bilinear"
-        crop_mode = card.get("crop_mode") or "center"
-        if interpolation not in RESAMPLE or crop_mode not in ("center", "squash", "border"):
-            raise ValueError(f"unsupported interpolation {interpolation!r} or crop_mode {crop_mode!r}")
-        return cls(
-            tuple(int(v) for v in card["input_size"]),  # type: ignore[arg-type]
-            interpolation,
-            float(card.get("crop_pct") or 0.875),
-            crop_mode,
-            tuple(float(v) for v in card["mean"]),
-            tuple(float(v) for v in card["std"]),
-        )
-
-    def resized_size(self, width: int, height: int) -> tuple[int, int]:
-        """``(width, height)`` after the resize step, computed as timm / torchvision do."""
-        scale_h, scale_w = (math.floor(s / self.crop_pct) for s in self.input_size[1:])
-        if self.crop_mode == "squash":
-            return scale_w, scale_h
-        if self.crop_mode == "center" and scale_h == scale_w:  # torchvision Resize(int): shorter side
-            short, long = (width, height) if width <= height else (height, width)
-            new_short, new_long = scale_h, int(scale_h * long / short)
-            return (new_short, new_long) if width <= height else (new_long, new_short)
-        # timm ResizeKeepRatio: longest=0 (center) matches the shorter side, longest=1 (border) the longer
-        ratio_h, ratio_w = height / scale_h, width / scale_w
-        ratio = max(ratio_h, ratio_w) if self.crop_mode == "border" else min(ratio_h, ratio_w)
-        return round(width / ratio), round(height / ratio)
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image -> ``(3, H, W)`` float32 network input."""
-        size = self.resized_size(*image.size)
-        if size != image.size:
-            image = image.resize(size, RESAMPLE[self.interpolation])
-        fill = tuple(round(255 * v) for v in self.mean) if self.crop_mode == "border" else (0, 0, 0)
-        image = center_crop_or_pad(image, self.input_size[1], self.input_size[2], fill)
-        x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)  # (3, H, W)
-        x /= np.float32(255.0)
-        mean = np.asarray(self.mean, dtype=np.float32)[:, None, None]
-        std = np.asarray(self.std, dtype=np.float32)[:, None, None]
-        return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
-
-
-def center_crop_or_pad(image: Image.Image, crop_h: int, crop_w: int, fill: tuple[int, ...]) -> Image.Image:
-    """torchvision ``CenterCrop`` / timm ``CenterCropOrPad``: pad where too small, then the rounded centre."""
-    width, height = image.size
-    if crop_w > width or crop_h > height:
-        left = (crop_w - width) // 2 if crop_w > width else 0
-        top = (crop_h - height) // 2 if crop_h > height else 0
-        right = (crop_w - width + 1) // 2 if crop_w > width else 0
-        bottom = (crop_h - height + 1) // 2 if crop_h > height else 0
-        padded = Image.new(image.mode, (width + left + right, height + top + bottom), fill)
-        padded.paste(image, (left, top))
-        image, (width, height) = padded, padded.size
-    top = int(round((height - crop_h) / 2.0))
-    left = int(round((width - crop_w) / 2.0))
-    if (left, top, width, height) == (0, 0, crop_w, crop_h):
-        return image
-    return image.crop((left, top, left + crop_w, top + crop_h))
 
 
 # ------------------------------------------------------------------------------------ the model

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.images import load_image
+from clce_core.preprocessing import load_image
 
 
 def _image_zoo(folder: Path) -> None:
@@ -47,3 +47,10 @@ def test_load_image_rule(tmp_path):
     assert (np.abs(rotated[:8] - [255, 0, 0]) < 40).all() and (np.abs(rotated[12:] - [0, 0, 255]) < 40).all()
     raw = (tmp_path / "zoo" / "rotated.jpg").read_bytes()
     assert np.array_equal(np.asarray(load_image(raw)), np.asarray(load_image(io.BytesIO(raw))))
+
+
+def test_training_datasets_read_with_the_shared_rule():
+    from clce_core import preprocessing
+    from training import data
+
+    assert data.load_image is preprocessing.load_image and data.array_to_rgb is preprocessing.array_to_rgb
