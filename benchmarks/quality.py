@@ -1,0 +1,378 @@
+"""The paper's comparison, offline and reproducible: CE vs CE+SupCon vs CLCE without / with hard negatives.
+
+    python benchmarks/quality.py                      # --quick (default): ≤ 30 min on 2 CPU cores
+    python benchmarks/quality.py --full               # larger recipe, full test split, 3000 episodes
+    python benchmarks/quality.py --suite glyphs --batch-sweep 64 128 256   # Table 3-like sweep
+
+Suites (the same recipe for every loss, seeds 0, 1, 2 by default):
+
+* ``fmnist`` — low-data transfer: fine-tune the packaged ImageNet EfficientNet-Lite0 on K = 5 and 20
+  Fashion-MNIST images per class; top-1 on the official 10k test split (``--quick`` evaluates a fixed,
+  seeded, class-balanced 2,000-image subset of it and says so).
+* ``glyphs`` — few-shot on classes never trained on: fine-tune on ``glyphs64/base`` (128 classes), then
+  5-way 1-shot and 5-shot nearest-prototype episodes (15 queries) on ``glyphs64/novel`` (144 classes);
+  the frozen pretrained encoder is the floor.
+
+Across seeds: mean ± 95% CI with Student's t (t = 4.30 at 3 seeds). Writes ``quality.md`` (the table),
+``quality.json`` (every run) and PNG plots to ``--output-dir``; the README quotes the table whichever
+way the numbers fall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clce_core.fewshot import evaluate_episodes
+from clce_core.stats import t_confidence_interval
+from training.config import RunConfig
+from training.embed import embed_images, eval_transform, load_class_set, load_encoder
+from training.finetune import Run
+
+LOSSES = ["ce", "ce+supcon", "clce-nohnm", "clce"]
+GLYPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glyphs64"
+RESULTS = Path(__file__).parent / "results" / "quality"
+
+
+@dataclass
+class Recipe:
+    """The shared fine-tuning recipe; ``--quick`` and ``--full`` differ only here."""
+
+    img_size: int = 48
+    batch_size: int = 64  # glyphs; Fashion-MNIST uses min(batch_size, K·10 / 3) so an epoch has ≥ 3 steps
+    per_class: int = 4
+    lr: float = 3e-4
+    head_lr: float = 3e-3
+    lam: float = 0.9
+    tau: float = 0.5
+    fmnist_steps: int = 30  # optimizer steps for each K (epochs = steps / batches per epoch)
+    fmnist_test_per_class: int | None = 100  # None: the whole 10k test split
+    glyph_epochs: int = 2
+    episodes: int = 1000
+    workers: int = 0  # tiny images: decoding in the main process beats a worker on 2 cores
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+QUICK = Recipe()
+FULL = Recipe(img_size=64, fmnist_steps=60, fmnist_test_per_class=None, glyph_epochs=4, episodes=3000)
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def finetune(cfg: RunConfig) -> tuple[Run, dict[str, float], float]:
+    """One in-process fine-tuning run; returns the run, its final test metrics and seconds taken."""
+    start = time.perf_counter()
+    run = Run(cfg.resolved(), show_progress=False)
+    final = run.fit()
+    return run, final, time.perf_counter() - start
+
+
+def fmnist_runs(recipe: Recipe, losses: list[str], seeds: list[int], ks: list[int], work: Path) -> list[dict]:
+    rows = []
+    for k in ks:
+        batch_size = min(recipe.batch_size, (10 * k) // 3) // recipe.per_class * recipe.per_class
+        batches_per_epoch = (10 * k) // batch_size
+        epochs = max(1, round(recipe.fmnist_steps / batches_per_epoch))
+        for seed in seeds:
+            for loss in losses:
+                cfg = RunConfig(
+                    dataset="fashion-mnist",
+                    train_per_class=k,
+                    val_per_class=5,
+                    test_per_class=recipe.fmnist_test_per_class,
+                    img_size=recipe.img_size,
+                    batch_size=batch_size,
+                    per_class=0 if loss == "ce" else recipe.per_class,
+                    epochs=epochs,
+                    lr=recipe.lr,
+                    head_lr=recipe.head_lr,
+                    lam=recipe.lam,
+                    tau=recipe.tau,
+                    loss=loss,
+                    seed=seed,
+                    workers=recipe.workers,
+                    warmup_epochs=0.1 * epochs,
+                    output=str(work / f"fmnist-k{k}-{loss}-s{seed}"),
+                    **recipe.extra,
+                )
+                _, final, seconds = finetune(cfg)
+                rows.append(
+                    {"suite": "fmnist", "setting": f"K={k}", "loss": loss, "seed": seed,
+                     "top1": final["test_top1"], "seconds": seconds, "epochs": epochs, "batch_size": batch_size}
+                )  # fmt: skip
+                log(rows[-1])
+    return rows
+
+
+def glyph_runs(
+    recipe: Recipe, losses: list[str], seeds: list[int], work: Path, batch_sizes: list[int] | None = None
+) -> list[dict]:
+    novel = load_class_set(data_dir=GLYPHS / "novel")
+    rows = []
+    for seed in seeds:  # the frozen floor: no fine-tuning, same episodes
+        enc = load_encoder(
+            model_name="tf_efficientnet_lite0", pretrained="packaged", img_size=recipe.img_size
+        )
+        emb = embed_images(
+            enc.model, novel.dataset, transform=eval_transform(enc.data_config), show_progress=False
+        )
+        rows.append({"suite": "glyphs", "setting": "frozen", "loss": "frozen", "seed": seed, "batch_size": 0,
+                     **few_shot(emb, novel.targets, recipe.episodes, seed), "seconds": 0.0})  # fmt: skip
+        log(rows[-1])
+    for batch_size in batch_sizes or [recipe.batch_size]:
+        for seed in seeds:
+            for loss in losses:
+                cfg = RunConfig(
+                    dataset="imagefolder",
+                    data_dir=str(GLYPHS / "base"),
+                    img_size=recipe.img_size,
+                    hflip=0.0,  # mirroring changes a character
+                    batch_size=batch_size,
+                    per_class=0 if loss == "ce" else recipe.per_class,
+                    epochs=recipe.glyph_epochs,
+                    lr=recipe.lr,
+                    head_lr=recipe.head_lr,
+                    lam=recipe.lam,
+                    tau=recipe.tau,
+                    loss=loss,
+                    seed=seed,
+                    workers=recipe.workers,
+                    warmup_epochs=0.25,
+                    output=str(work / f"glyphs-b{batch_size}-{loss}-s{seed}"),
+                    **recipe.extra,
+                )
+                run, final, seconds = finetune(cfg)  # run.eval_model holds best.pt's weights after fit
+                emb = embed_images(
+                    run.eval_model,
+                    novel.dataset,
+                    transform=eval_transform(run.data_config),
+                    show_progress=False,
+                )
+                rows.append({"suite": "glyphs", "setting": f"batch {batch_size}", "loss": loss, "seed": seed,
+                             "batch_size": batch_size, "base_top1": final.get("test_top1"),
+                             **few_shot(emb, novel.targets, recipe.episodes, seed), "seconds": seconds})  # fmt: skip
+                log(rows[-1])
+    return rows
+
+
+def few_shot(embeddings: np.ndarray, labels: np.ndarray, episodes: int, seed: int) -> dict[str, float]:
+    out = {}
+    for shots in (1, 5):
+        res = evaluate_episodes(
+            embeddings, labels, n_way=5, k_shot=shots, n_query=15, n_episodes=episodes, seed=seed
+        )
+        out[f"{shots}shot"] = res.mean
+        out[f"{shots}shot_ci"] = res.ci95
+    return out
+
+
+def log(row: dict) -> None:
+    shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+    print(json.dumps(shown), file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+def aggregate(rows: list[dict], metric: str) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+    """(suite, setting, loss) -> (mean, 95% t half-width, number of seeds)."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in rows:
+        if metric in r and r[metric] is not None:
+            groups.setdefault((r["suite"], r["setting"], r["loss"]), []).append(float(r[metric]))
+    out = {}
+    for key, values in groups.items():
+        mean, half = t_confidence_interval(values) if len(values) > 1 else (values[0], float("nan"))
+        out[key] = (mean, half, len(values))
+    return out
+
+
+def _cell(stat: tuple[float, float, int] | None) -> str:
+    if stat is None:
+        return "—"
+    mean, half, _ = stat
+    return f"{mean:.2f} ± {half:.2f}" if np.isfinite(half) else f"{mean:.2f}"
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    lines = [header, ""]
+    fm = aggregate([r for r in rows if r["suite"] == "fmnist"], "top1")
+    if fm:
+        settings = sorted({k[1] for k in fm}, key=lambda s: int(s.split("=")[1]))
+        lines += ["**Fashion-MNIST low-data transfer**, test top-1 (%)", ""]
+        lines += ["| loss | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
+        for loss in [x for x in LOSSES if any(k[2] == x for k in fm)]:
+            lines.append(
+                f"| {loss} | " + " | ".join(_cell(fm.get(("fmnist", s, loss))) for s in settings) + " |"
+            )
+        lines.append("")
+    gl = [r for r in rows if r["suite"] == "glyphs"]
+    if gl:
+        one, five, base = aggregate(gl, "1shot"), aggregate(gl, "5shot"), aggregate(gl, "base_top1")
+        lines += ["**Glyph few-shot** on 144 novel classes, 5-way accuracy (%), 15 queries", ""]
+        lines += ["| setting | loss | 1-shot | 5-shot | base-class test top-1 |", "|---|---|---:|---:|---:|"]
+        for key in sorted(
+            one, key=lambda k: (k[1] != "frozen", k[1], LOSSES.index(k[2]) if k[2] in LOSSES else -1)
+        ):
+            lines.append(
+                f"| {key[1]} | {key[2]} | {_cell(one[key])} | {_cell(five.get(key))} | {_cell(base.get(key))} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Bars with 95% CI whiskers, one panel per suite."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    fm = aggregate([r for r in rows if r["suite"] == "fmnist"], "top1")
+    if fm:
+        panels.append(("Fashion-MNIST test top-1 (%)", fm))
+    gl = [r for r in rows if r["suite"] == "glyphs"]
+    for shots in ("1shot", "5shot"):
+        if gl:
+            panels.append((f"Glyphs novel 5-way {shots[0]}-shot (%)", aggregate(gl, shots)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (title, stats) in zip(axes[0], panels, strict=True):
+        settings = sorted({k[1] for k in stats})
+        losses = [x for x in ["frozen", *LOSSES] if any(k[2] == x for k in stats)]
+        width = 0.8 / len(losses)
+        for j, loss in enumerate(losses):
+            for i, setting in enumerate(settings):
+                stat = stats.get((k_suite(stats), setting, loss))
+                if stat is not None:
+                    err = stat[1] if np.isfinite(stat[1]) else 0.0
+                    ax.bar(
+                        i + j * width,
+                        stat[0],
+                        width,
+                        yerr=err,
+                        capsize=3,
+                        color=f"C{j}",
+                        label=loss if i == 0 else None,
+                    )
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings)
+        ax.set_title(title)
+        ax.set_ylim(bottom=max(0, min(v[0] for v in stats.values()) - 10))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def k_suite(stats: dict) -> str:
+    """The suite name shared by the keys of one panel."""
+    return next(iter(stats))[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--suite", choices=["all", "fmnist", "glyphs"], default="all")
+    parser.add_argument(
+        "--full", action="store_true", help="the larger recipe (hours on a CPU); default --quick"
+    )
+    parser.add_argument("--losses", nargs="+", default=LOSSES, help="registry names to compare")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--ks", nargs="+", type=int, default=[5, 20], help="Fashion-MNIST images per class")
+    parser.add_argument(
+        "--batch-sweep", nargs="+", type=int, help="glyph batch sizes (images), e.g. 64 128 256"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field or a RunConfig option",
+    )
+    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--keep-runs", action="store_true", help="keep the run folders (checkpoints) in OUTPUT_DIR/runs"
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    recipe = FULL if args.full else QUICK
+    for item in args.set:
+        key, value = item.split("=", 1)
+        if hasattr(recipe, key):
+            setattr(recipe, key, type(getattr(recipe, key) or 0)(value) if value != "None" else None)
+        else:
+            recipe.extra[key] = yaml_value(value)
+    if args.suite in ("all", "glyphs") and not GLYPHS.exists():
+        sys.exit(f"error: the glyph set is not at {GLYPHS}; run with --suite fmnist")
+
+    start = time.perf_counter()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.output_dir / "runs" if args.keep_runs else Path(tmp)
+        rows: list[dict] = []
+        if args.suite in ("all", "fmnist"):
+            rows += fmnist_runs(recipe, args.losses, args.seeds, args.ks, work)
+        if args.suite in ("all", "glyphs"):
+            rows += glyph_runs(recipe, args.losses, args.seeds, work, args.batch_sweep)
+    minutes = (time.perf_counter() - start) / 60
+    mode = "full" if args.full else "quick"
+    header = (
+        f"Machine: {machine()}. Mode: {mode} ({recipe_line(recipe)}); seeds {args.seeds}; "
+        f"mean ± 95% CI (Student's t) over seeds; took {minutes:.1f} min."
+    )
+    table = markdown(rows, header)
+    name = "quality" if not args.batch_sweep else "quality_batch_sweep"
+    (args.output_dir / f"{name}.md").write_text(table + "\n")
+    (args.output_dir / f"{name}.json").write_text(
+        json.dumps(
+            {"machine": machine(), "mode": mode, "recipe": recipe.__dict__, "minutes": minutes, "runs": rows},
+            indent=1,
+        )
+    )
+    plot(rows, args.output_dir / f"{name}.png")
+    print(table)
+    print(f"wrote {args.output_dir}/{name}.md, .json, .png")
+
+
+def recipe_line(r: Recipe) -> str:
+    test = (
+        "full 10k test"
+        if r.fmnist_test_per_class is None
+        else f"{10 * r.fmnist_test_per_class}-image test subset"
+    )
+    return (
+        f"EfficientNet-Lite0 packaged weights, {r.img_size} px, batch {r.batch_size} images "
+        f"({r.per_class}/class for contrastive losses), AdamW {r.lr:g} encoder / {r.head_lr:g} head, λ {r.lam}, "
+        f"τ {r.tau}; Fashion-MNIST {r.fmnist_steps} steps, {test}; glyphs {r.glyph_epochs} epochs, "
+        f"{r.episodes} episodes" + (f"; overrides {r.extra}" if r.extra else "")
+    )
+
+
+def yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+if __name__ == "__main__":
+    main()
