@@ -217,7 +217,7 @@ def markdown(rows: list[dict], header: str) -> str:
     lines = [header, ""]
     fm = aggregate([r for r in rows if r["suite"] == "fmnist"], "top1")
     if fm:
-        settings = sorted({k[1] for k in fm}, key=lambda s: int(s.split("=")[1]))
+        settings = sorted({k[1] for k in fm}, key=_setting_order)
         lines += ["**Fashion-MNIST low-data transfer**, test top-1 (%)", ""]
         lines += ["| loss | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
         for loss in [x for x in LOSSES if any(k[2] == x for k in fm)]:
@@ -257,23 +257,24 @@ def plot(rows: list[dict], path: Path) -> None:
             panels.append((f"Glyphs novel 5-way {shots[0]}-shot (%)", aggregate(gl, shots)))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (title, stats) in zip(axes[0], panels, strict=True):
-        settings = sorted({k[1] for k in stats})
+        settings = sorted({k[1] for k in stats}, key=_setting_order)
         losses = [x for x in ["frozen", *LOSSES] if any(k[2] == x for k in stats)]
         width = 0.8 / len(losses)
         for j, loss in enumerate(losses):
-            for i, setting in enumerate(settings):
-                stat = stats.get((k_suite(stats), setting, loss))
-                if stat is not None:
-                    err = stat[1] if np.isfinite(stat[1]) else 0.0
-                    ax.bar(
-                        i + j * width,
-                        stat[0],
-                        width,
-                        yerr=err,
-                        capsize=3,
-                        color=f"C{j}",
-                        label=loss if i == 0 else None,
-                    )
+            points = [
+                (i, stats[(k_suite(stats), s, loss)])
+                for i, s in enumerate(settings)
+                if (k_suite(stats), s, loss) in stats
+            ]
+            ax.bar(
+                [i + j * width for i, _ in points],
+                [stat[0] for _, stat in points],
+                width,
+                yerr=[stat[1] if np.isfinite(stat[1]) else 0.0 for _, stat in points],
+                capsize=3,
+                color=f"C{j}",
+                label=loss,
+            )
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings)
         ax.set_title(title)
         ax.set_ylim(bottom=max(0, min(v[0] for v in stats.values()) - 10))
@@ -281,6 +282,13 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _setting_order(setting: str) -> tuple[int, float]:
+    """frozen first, then K=5 < K=20 and batch 64 < batch 128 by their number."""
+    if setting == "frozen":
+        return (0, 0.0)
+    return (1, float(setting.replace("=", " ").split()[-1]))
 
 
 def k_suite(stats: dict) -> str:
@@ -310,11 +318,18 @@ def main() -> None:
         help="override a recipe field or a RunConfig option",
     )
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--replot", action="store_true", help="redraw OUTPUT_DIR's plot from its JSON")
     parser.add_argument(
         "--keep-runs", action="store_true", help="keep the run folders (checkpoints) in OUTPUT_DIR/runs"
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    name = "quality" if not args.batch_sweep else "quality_batch_sweep"
+    if args.replot:
+        saved = json.loads((args.output_dir / f"{name}.json").read_text())
+        plot(saved["runs"], args.output_dir / f"{name}.png")
+        print(f"redrew {args.output_dir}/{name}.png")
+        return
     recipe = FULL if args.full else QUICK
     for item in args.set:
         key, value = item.split("=", 1)
@@ -341,7 +356,6 @@ def main() -> None:
         f"mean ± 95% CI (Student's t) over seeds; took {minutes:.1f} min."
     )
     table = markdown(rows, header)
-    name = "quality" if not args.batch_sweep else "quality_batch_sweep"
     (args.output_dir / f"{name}.md").write_text(table + "\n")
     (args.output_dir / f"{name}.json").write_text(
         json.dumps(
