@@ -30,7 +30,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
 from training.engine import StepContext, param_groups, resolve_amp, train_step, warmup_cosine
+from training.sysinfo import machine_line
 
 
 @dataclass(frozen=True)
@@ -179,15 +179,7 @@ def peak_memory(
 
 # ------------------------------------------------------------------------------------------------ run
 def machine(device: torch.device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}"
+    text = machine_line(f"device {device}")
     if device.type == "cuda":
         text += f" ({torch.cuda.get_device_name(device)})"
     return text

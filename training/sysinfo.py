@@ -1,0 +1,31 @@
+"""What machine a benchmark ran on, for the first line of its table."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(*extra: str) -> str:
+    """``"AMD EPYC, 2 CPUs, 2 threads, torch 2.14.1, <extra>..."``."""
+    import torch
+
+    parts = [
+        cpu_name(),
+        f"{os.cpu_count()} CPUs",
+        f"{torch.get_num_threads()} threads",
+        f"torch {torch.__version__}",
+    ]
+    return ", ".join([*parts, *extra])
