@@ -483,3 +483,4 @@ def _imagefolder(root: Path | None, download: bool, seed: int, val_fraction: flo
 
 
 # The torchvision-backed builders register themselves; imported last, once the registry exists.
+from training import torchvision_datasets  # noqa: E402, F401  (registers flowers102, cifar100, ... on import)
