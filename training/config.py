@@ -66,11 +66,24 @@ class RunConfig:
     beta: float = _opt(1.0, "β: H-SCL hardness (hscl only)")
     detach_weights: bool = _opt(False, "treat CLCE's hard-negative weights as constants in backward")
     # --- batches
-    batch_size: int = _opt(64, "images per batch (contrastive losses see 2 views of each)")
+    batch_size: int = _opt(
+        64,
+        "images per optimisation step, over all processes under torchrun (each of N processes loads "
+        "batch-size / N); contrastive losses see 2 views of each",
+    )
     per_class: int | None = _opt(
         None,
         "images per class in a batch (class-balanced batches); "
         "default 4 for contrastive losses, 0 (plain shuffling) for ce",
+    )
+    chunk_size: int | None = _opt(
+        None,
+        "gradient caching (Gao et al. 2021): each process runs the model over its rows at most C rows "
+        "(views) at a time, so activation memory is that of C rows while the loss still sees the whole "
+        "batch; about one extra forward pass. The gradient is the one-pass gradient (dropout replays "
+        "its masks), except that BatchNorm layers in training mode normalise each chunk by its own "
+        "statistics (as DDP does per process): models without BatchNorm, or with it in eval mode, get "
+        "the identical gradient (none = one pass)",
     )
     # --- optimisation
     epochs: int = _opt(10, "training epochs")
@@ -127,6 +140,8 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not 0.0 < cfg.crop_scale <= 1.0:
             raise ConfigError(f"--crop-scale must be in (0, 1], got {cfg.crop_scale}")
+        if cfg.chunk_size is not None and cfg.chunk_size < 1:
+            raise ConfigError(f"--chunk-size must be >= 1 (or none), got {cfg.chunk_size}")
         if cfg.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
         return cfg

@@ -4,6 +4,16 @@ Rows: a batch from a two-view loader arrives as ``(2B, 3, H, W)`` in the CONTRAC
 (``[view 1 of images 0..B-1; view 2 of images 0..B-1]``) with labels ``(2B,)``; a one-view loader
 gives ``(B, 3, H, W)``. The loss sees every row; top-1 during training is not computed (evaluation
 does that on the eval transform).
+
+Distributed (``StepContext.world_size > 1``, the model wrapped in DDP): the loss is called once, with
+the unchanged ``loss(embeddings, logits, labels)``, on the rows of ALL ranks gathered into the
+CONTRACTS layout (:func:`training.distributed.gather_rows`), so the contrastive negatives span the
+global batch. Every rank computes the same loss value; the gradient reaches only the local rows, at
+``world_size`` times their share, which DDP's averaging turns into the exact gradient of the union
+batch. For the CE term this makes each rank's gradient exactly that of the CE over its own rows: CE
+stays local in what it trains; the other ranks' logits are only read (one all-gather of ``(M, C)``).
+
+Chunked (``StepContext.chunk_size``): gradient caching, see :mod:`training.gradcache`.
 """
 
 from __future__ import annotations
@@ -11,15 +21,18 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from clce_core.losses import LossOutput
 from clce_core.metrics import topk_accuracy
+from training import gradcache
+from training.distributed import gather_rows
 
 
 class TrainingError(RuntimeError):
@@ -38,7 +51,14 @@ class StepContext:
     amp_dtype: torch.dtype | None = None  # None: full precision
     scaler: torch.amp.GradScaler | None = None  # fp16 only
     clip_grad: float | None = None
-    ema: nn.Module | None = None  # timm ModelEmaV3
+    ema: nn.Module | None = None  # timm ModelEmaV3, updated from the unwrapped model
+    world_size: int = 1  # > 1: `model` is DDP-wrapped and the loss sees every rank's rows
+    chunk_size: int | None = None  # rows per chunk for gradient caching; None: one pass
+
+    @property
+    def module(self) -> nn.Module:
+        """The model without its DDP wrapper."""
+        return getattr(self.model, "module", self.model)
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -77,25 +97,54 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-def train_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-    """Forward, loss, backward, clip, step, schedule, EMA for one batch of rows ``(M, 3, H, W)``, ``(M,)``."""
-    images = images.to(ctx.device, non_blocking=True)
-    labels = labels.to(ctx.device, non_blocking=True)
-    with torch.autocast(
+def _autocast(ctx: StepContext) -> AbstractContextManager:
+    return torch.autocast(
         ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None
-    ):
-        embeddings, logits = ctx.model(images, detach_head=ctx.loss_fn.probe_only)  # (M, D), (M, C)
-        out: LossOutput = ctx.loss_fn(embeddings, logits, labels)
+    )
+
+
+def _loss(ctx: StepContext, embeddings: Tensor, logits: Tensor, labels: Tensor) -> LossOutput:
+    """The registry loss on the global batch: this rank's rows, or every rank's gathered (CONTRACTS layout)."""
+    if ctx.world_size > 1:
+        views = ctx.loss_fn.views
+        embeddings, logits, labels = (gather_rows(t, views) for t in (embeddings, logits, labels))
+    out: LossOutput = ctx.loss_fn(embeddings, logits, labels)  # (W·M, D), (W·M, C), (W·M,)
     if not torch.isfinite(out.total):
         raise TrainingError(
             f"the loss became {out.total.item()} (parts {out.parts}); lower --lr, raise --tau, or try --amp off"
         )
+    return out
+
+
+def _backward(ctx: StepContext, total: Tensor) -> None:
+    (ctx.scaler.scale(total) if ctx.scaler is not None else total).backward()
+
+
+def train_step(ctx: StepContext, images: Tensor, labels: Tensor) -> LossOutput:
+    """Forward, loss, backward, clip, step, schedule, EMA for one batch of rows ``(M, 3, H, W)``, ``(M,)``.
+
+    With ``ctx.chunk_size`` the forward and backward go through gradient caching (same gradient,
+    memory of one chunk); with ``ctx.world_size > 1`` the loss sees every rank's rows.
+    """
+    images = images.to(ctx.device, non_blocking=True)
+    labels = labels.to(ctx.device, non_blocking=True)
+    probe_only = ctx.loss_fn.probe_only
     ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.scaler is not None:
-        ctx.scaler.scale(out.total).backward()
-        ctx.scaler.unscale_(ctx.optimizer)
+    if ctx.chunk_size:
+        cache = gradcache.embed_in_chunks(
+            ctx.model, images, ctx.chunk_size, lambda: _autocast(ctx), detach_head=probe_only
+        )
+        with _autocast(ctx):
+            out = _loss(ctx, cache.embeddings, cache.logits, labels)
+        _backward(ctx, out.total)  # stops at the cached leaves
+        gradcache.backward_in_chunks(ctx.model, cache, lambda: _autocast(ctx))
     else:
-        out.total.backward()
+        with _autocast(ctx):
+            embeddings, logits = ctx.model(images, detach_head=probe_only)  # (M, D), (M, C)
+            out = _loss(ctx, embeddings, logits, labels)
+        _backward(ctx, out.total)
+    if ctx.scaler is not None:
+        ctx.scaler.unscale_(ctx.optimizer)
     if ctx.clip_grad is not None:
         nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.clip_grad)
     if ctx.scaler is not None:
@@ -105,7 +154,7 @@ def train_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor) -> 
         ctx.optimizer.step()
     ctx.scheduler.step()
     if ctx.ema is not None:
-        ctx.ema.update(ctx.model)
+        ctx.ema.update(ctx.module)
     return out
 
 
@@ -117,7 +166,9 @@ def train_one_epoch(
     show_progress: bool = True,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns mean ``train_loss``, ``train_ce``, ``train_contrastive``,
-    ``images_per_s`` (images, not views) and the last ``lr`` (encoder group)."""
+    ``images_per_s`` (images, not views, over all ranks) and the last ``lr`` (encoder group).
+
+    Under DDP the losses are those of the global batch (the same on every rank)."""
     ctx.model.train()
     total = len(loader) if max_steps is None else min(len(loader), max_steps)  # type: ignore[arg-type]
     sums = {"loss": 0.0, "ce": 0.0, "contrastive": 0.0}
@@ -130,7 +181,7 @@ def train_one_epoch(
     for images, labels in bar:
         out = train_step(ctx, images, labels)
         steps += 1
-        images_seen += images.shape[0] // views
+        images_seen += images.shape[0] // views * ctx.world_size
         sums["loss"] += float(out.total.detach())
         sums["ce"] += out.parts.get("ce", 0.0)
         sums["contrastive"] += out.parts.get("contrastive", 0.0)

@@ -4,6 +4,12 @@
     python -m training.finetune --dataset flowers102 --model vit_base_patch16_224 --batch-size 64 --download
     python -m training.finetune --config run.yaml --lr 1e-4          # flags override the YAML file
     python -m training.finetune --resume runs/flowers102-clce/last.pt  # continue exactly
+    python -m training.finetune --dataset cifar100 --batch-size 1024 --chunk-size 128   # big batch, small memory
+    torchrun --nproc-per-node 4 -m training.finetune --dataset flowers102 --batch-size 256  # 4 GPUs, DDP
+
+Under torchrun (``--nproc-per-node N``, ``--nnodes``) every process trains on ``--batch-size / N``
+images of each step and the contrastive loss sees the rows of all processes; rank 0 alone logs,
+evaluates and writes the outputs. A checkpoint resumes under any number of processes.
 
 Writes to ``--output`` (default ``runs/DATASET-LOSS``): ``config.yaml`` (resolved), ``metrics.jsonl``
 (one object per epoch, then one with the test metrics), ``best.pt`` (best validation top-1),
@@ -24,10 +30,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 from clce_core.losses import create_loss
 from clce_core.models import ClassifierModel, WeightsError, create_model, model_data_config
+from training import distributed
 from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import ConfigError, RunConfig, add_arguments, config_from_args, save_yaml
 from training.data import DatasetError, DatasetSplits, build_datasets, take_per_class
@@ -57,15 +65,20 @@ RESUME_OVERRIDABLE = {
     "download",
     "val_per_class",
     "test_per_class",
+    "chunk_size",  # the same gradient (BatchNorm aside, see --help): fit the memory you have now
 }
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """``auto``: CUDA when available, else the CPU. Under torchrun a CUDA process takes GPU ``local_rank``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    if device.type == "cuda" and local_rank is not None:
+        device = torch.device("cuda", local_rank)
     return device
 
 
@@ -80,12 +93,61 @@ def build_model(cfg: RunConfig, num_classes: int, pretrained: str) -> Classifier
     return create_model(cfg.model, num_classes, pretrained, img_size=cfg.img_size)
 
 
-def build_loaders(cfg: RunConfig, data: DatasetSplits, views: int, device: torch.device) -> dict[str, Any]:
-    """Training loader (class-balanced or shuffled batches) and eval loaders; ``set_epoch`` reseeds."""
+class _EveryNth(Sampler[list[int]]):
+    """Batches ``rank, rank + n, ...`` of a batch sampler that every rank builds identically."""
+
+    def __init__(self, batches: Sampler[list[int]], n: int, rank: int) -> None:
+        self.batches, self.n, self.rank = batches, n, rank
+
+    def __len__(self) -> int:
+        return len(self.batches) // self.n  # type: ignore[arg-type]
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i // self.n == len(self):
+                return
+            if i % self.n == self.rank:
+                yield batch
+
+
+def build_loaders(
+    cfg: RunConfig,
+    data: DatasetSplits,
+    views: int,
+    device: torch.device,
+    world: distributed.DistInfo | None = None,
+) -> dict[str, Any]:
+    """Training loader (class-balanced or shuffled batches) and eval loaders; ``set_epoch`` reseeds.
+
+    Under DDP each of the ``world.world_size`` processes loads ``batch_size / world_size`` images
+    per step: its own share of the same seeded sequence of batches (``num_replicas`` / ``rank``).
+    """
+    world = world or distributed.DistInfo()
     common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda"}
     collate = two_view_collate if views == 2 else None
+    if cfg.batch_size % world.world_size:
+        raise ConfigError(
+            f"--batch-size {cfg.batch_size} does not split evenly over {world.world_size} processes; "
+            f"use a multiple of {world.world_size}"
+        )
+    per_rank = cfg.batch_size // world.world_size
     if cfg.per_class:
-        sampler = ClassBalancedBatchSampler(data.train.targets, cfg.batch_size, cfg.per_class, seed=cfg.seed)
+        try:
+            sampler: Sampler[list[int]] = ClassBalancedBatchSampler(
+                data.train.targets,
+                per_rank,
+                cfg.per_class,
+                seed=cfg.seed,
+                num_replicas=world.world_size,
+                rank=world.rank,
+            )
+        except ValueError as e:
+            if world.world_size == 1:
+                raise
+            raise ConfigError(
+                f"each of {world.world_size} processes gets {per_rank} of the --batch-size {cfg.batch_size} "
+                f"images: {e}"
+            ) from None
         generator = None
     else:
         if len(data.train) < cfg.batch_size:
@@ -93,13 +155,15 @@ def build_loaders(cfg: RunConfig, data: DatasetSplits, views: int, device: torch
                 f"--batch-size {cfg.batch_size} is larger than the {len(data.train)} training images; lower it"
             )
         generator = torch.Generator()
-        sampler = BatchSampler(RandomSampler(data.train, generator=generator), cfg.batch_size, drop_last=True)
+        sampler = BatchSampler(RandomSampler(data.train, generator=generator), per_rank, drop_last=True)
+        if world.world_size > 1:
+            sampler = _EveryNth(sampler, world.world_size, world.rank)
 
     def set_epoch(epoch: int) -> None:
         if generator is not None:
             generator.manual_seed(cfg.seed * 100_003 + epoch)
         else:
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch)  # type: ignore[attr-defined]
 
     eval_bs = max(cfg.batch_size, 64)
     loaders = {
@@ -112,16 +176,23 @@ def build_loaders(cfg: RunConfig, data: DatasetSplits, views: int, device: torch
 
 
 class Run:
-    """A fine-tuning run: builds everything from a :class:`RunConfig`, then :meth:`fit`."""
+    """A fine-tuning run: builds everything from a :class:`RunConfig`, then :meth:`fit`.
+
+    Under torchrun (a process group initialised by :func:`training.distributed.init_from_env`) every
+    rank builds the same run; the model is wrapped in DDP, and rank 0 alone logs, evaluates and
+    writes files while the others wait at a barrier.
+    """
 
     def __init__(
         self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, show_progress: bool = True
     ):
         self.cfg = cfg
-        self.show_progress = show_progress
+        self.world = distributed.current()
+        self.is_main = self.world.is_main
+        self.show_progress = show_progress and self.is_main
         self.out = Path(cfg.output)  # type: ignore[arg-type]
-        self.device = resolve_device(cfg.device)
-        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device, self.world.local_rank if self.world.world_size > 1 else None)
+        seed_everything(cfg.seed)  # the same on every rank: the same initial weights
 
         self.loss_fn = create_loss(
             cfg.loss, lam=cfg.lam, temperature=cfg.tau, beta=cfg.beta, detach_weights=cfg.detach_weights
@@ -134,16 +205,17 @@ class Run:
             two_views=self.loss_fn.views == 2,
             aug=AugConfig(scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, color_jitter=cfg.color_jitter),
         )
-        self.data = build_datasets(
-            cfg.dataset,
-            cfg.data_dir,
-            cfg.download,
-            train_tf,
-            eval_tf,
-            cfg.train_per_class,
-            cfg.seed,
-            cfg.val_fraction,
-        )
+        with distributed.main_first():  # a --download happens once, on rank 0
+            self.data = build_datasets(
+                cfg.dataset,
+                cfg.data_dir,
+                cfg.download,
+                train_tf,
+                eval_tf,
+                cfg.train_per_class,
+                cfg.seed,
+                cfg.val_fraction,
+            )
         if cfg.val_per_class is not None:  # seeded and class-balanced, like every split decision
             self.data.val = self.data.val.subset(
                 take_per_class(self.data.val.targets, cfg.val_per_class, cfg.seed)
@@ -154,7 +226,7 @@ class Run:
             )
         log.info("%s", self.data.describe())
         self.model = build_model(cfg, self.data.num_classes, pretrained).to(self.device)
-        self.loaders = build_loaders(cfg, self.data, self.loss_fn.views, self.device)
+        self.loaders = build_loaders(cfg, self.data, self.loss_fn.views, self.device, self.world)
 
         steps_per_epoch = len(self.loaders["train"])
         if cfg.max_steps_per_epoch:
@@ -181,8 +253,19 @@ class Run:
             from timm.utils import ModelEmaV3
 
             ema = ModelEmaV3(self.model, decay=cfg.ema_decay, device=self.device)
+        train_model: torch.nn.Module = self.model
+        if self.world.world_size > 1:  # after the optimizer and EMA, which hold the unwrapped model
+            train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            log.info(
+                "DDP: %d processes × %d images per step, backend %s",
+                self.world.world_size,
+                cfg.batch_size // self.world.world_size,
+                torch.distributed.get_backend(),
+            )
         self.ctx = StepContext(
-            self.model,
+            train_model,
             self.loss_fn,
             self.optimizer,
             self.scheduler,
@@ -191,6 +274,8 @@ class Run:
             scaler,
             cfg.clip_grad,
             ema,
+            world_size=self.world.world_size,
+            chunk_size=cfg.chunk_size,
         )
         self.epoch = 0
         self.global_step = 0
@@ -255,28 +340,41 @@ class Run:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
-        """Train the remaining epochs, then evaluate ``best.pt`` on the test split once."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        save_yaml(self.cfg, self.out / "config.yaml")
-        from torch.utils.tensorboard import SummaryWriter
+        """Train the remaining epochs, then evaluate ``best.pt`` on the test split once (rank 0)."""
+        writer = None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_yaml(self.cfg, self.out / "config.yaml")
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(self.out))
+            writer = SummaryWriter(str(self.out))
         try:
             while self.epoch < self.cfg.epochs:
                 self._one_epoch(writer)
         except KeyboardInterrupt:
-            save_checkpoint(self.state(), self.out / "last.pt")
-            log.warning(
-                "interrupted: saved %s; continue with --resume %s", self.out / "last.pt", self.out / "last.pt"
-            )
+            if self.is_main:
+                save_checkpoint(self.state(), self.out / "last.pt")
+                log.warning(
+                    "interrupted: saved %s; continue with --resume %s",
+                    self.out / "last.pt",
+                    self.out / "last.pt",
+                )
             raise
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         return self._test()
 
     def _one_epoch(self, writer: Any) -> None:
         cfg = self.cfg
         self.loaders["set_epoch"](self.epoch)
+        if self.world.world_size > 1:
+            # Each rank draws its own augmentations and dropout masks, from (seed, epoch, rank): a
+            # resume under the same number of processes repeats them (one process keeps the
+            # checkpointed generators instead, which resume exactly too).
+            seed_everything(
+                int(np.random.SeedSequence([cfg.seed, self.epoch, self.world.rank]).generate_state(1)[0])
+            )
         train = train_one_epoch(
             self.ctx, self.loaders["train"], self.epoch + 1, cfg.max_steps_per_epoch, self.show_progress
         )
@@ -285,6 +383,17 @@ class Run:
             if cfg.max_steps_per_epoch
             else len(self.loaders["train"])
         )
+        if not self.is_main:  # rank 0 evaluates and writes; the others wait for it
+            self.epoch += 1
+            distributed.barrier()
+            return
+        try:
+            self._evaluate_and_save(train, writer)
+        finally:
+            distributed.barrier()
+
+    def _evaluate_and_save(self, train: dict[str, float], writer: Any) -> None:
+        cfg = self.cfg
         val = evaluate(
             self.eval_model,
             self.loaders["val"],
@@ -321,7 +430,16 @@ class Run:
         )
 
     def _test(self) -> dict[str, float]:
-        """Evaluate ``best.pt``'s weights on the test split, once; append to ``metrics.jsonl``."""
+        """Evaluate ``best.pt``'s weights on the test split, once; append to ``metrics.jsonl`` (rank 0)."""
+        if not self.is_main:
+            distributed.barrier()
+            return {}
+        try:
+            return self._test_on_main()
+        finally:
+            distributed.barrier()
+
+    def _test_on_main(self) -> dict[str, float]:
         if self.loaders["test"] is None:
             log.info("no test split: skipping the final test evaluation")
             return {}
@@ -372,19 +490,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    joined = False
     try:
         if getattr(args, "resume", None):
             cfg, state = resume_config(args)
         else:
             cfg, state = config_from_args(args).resolved(), None
+        already = distributed.is_distributed()  # e.g. a caller's own process group: leave it be
+        world = distributed.init_from_env(resolve_device(cfg.device).type)  # torchrun, or 1 process
+        joined = world.world_size > 1 and not already
+        if not world.is_main:
+            logging.getLogger().setLevel(logging.ERROR)  # rank 0 speaks for everyone
         run = Run(cfg, state, show_progress=sys.stderr.isatty())
         start = time.perf_counter()
         final = run.fit()
     except (ConfigError, DatasetError, WeightsError, CheckpointError, TrainingError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if joined:
+            distributed.cleanup()
+    if not run.is_main:
+        return 0
     minutes = (time.perf_counter() - start) / 60
     summary = f"done in {minutes:.1f} min: best val top-1 {run.best_val_top1:.2f}%"
     if final:
