@@ -28,7 +28,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
 from training.engine import StepContext, param_groups, resolve_amp, train_step, warmup_cosine
+from training.sysinfo import machine_line
 
 MIB = 2**20
 
@@ -208,15 +208,9 @@ def predicted_peak_gib(previous: dict | None, images: int, img_size: int) -> flo
 
 
 def machine(device: torch.device, threads: int = 0) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {threads or torch.get_num_threads()} threads, torch {torch.__version__}, device {device}"
+    text = machine_line(f"device {device}")
+    if threads:
+        text += f"; the measured processes use {threads} thread(s)"
     if device.type == "cuda":
         text += f" ({torch.cuda.get_device_name(device)})"
     return text
