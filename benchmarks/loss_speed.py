@@ -18,7 +18,6 @@ just before) over one step. Prints a Markdown table; writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from clce_core.losses import lacln_loss, supcon_loss
-from training.sysinfo import machine_line
+from training.sysinfo import machine_line, publish
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -189,10 +188,7 @@ def main() -> None:
         _memory_child(args.memory_child, args.rows[0], args.dim)
         return
     results = run(args.rows, args.dim, args.repeats, args.device)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
-    print(table(results))
-    print(f"\nwrote {args.output}")
+    publish(results, args.output, table(results))
 
 
 if __name__ == "__main__":

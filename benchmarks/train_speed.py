@@ -43,7 +43,7 @@ from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
 from training.engine import StepContext, param_groups, resolve_amp, train_step, warmup_cosine
-from training.sysinfo import machine_line
+from training.sysinfo import machine_line, publish
 
 
 @dataclass(frozen=True)
@@ -330,10 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         _memory_child(args)
         return
     results = run(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
-    print(table(results))
-    print(f"\nwrote {args.output}")
+    publish(results, args.output, table(results))
 
 
 if __name__ == "__main__":

@@ -29,3 +29,13 @@ def machine_line(*extra: str) -> str:
         f"torch {torch.__version__}",
     ]
     return ", ".join([*parts, *extra])
+
+
+def publish(results: dict, output: Path, table: str) -> None:
+    """Write a benchmark's JSON to ``output`` and print its Markdown table (the benchmarks' last step)."""
+    import json
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    print(table)  # noqa: T201
+    print(f"\nwrote {output}")  # noqa: T201
