@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.sysinfo import machine_line
+
 Runner = Callable[[np.ndarray], np.ndarray]
 EAGER = "PyTorch eager"
 
@@ -47,18 +48,7 @@ EAGER = "PyTorch eager"
 def machine(threads: int) -> str:
     import onnxruntime as ort
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs, {threads} threads, torch {torch.__version__}, "
-        f"onnxruntime {ort.__version__}"
-    )
+    return machine_line(f"onnxruntime {ort.__version__}", threads=threads)
 
 
 def _eager(model: torch.nn.Module) -> Runner:

@@ -2,16 +2,21 @@
 
     python benchmarks/quality.py                      # --quick (default): ≤ 30 min on 2 CPU cores
     python benchmarks/quality.py --full               # larger recipe, full test split, 3000 episodes
-    python benchmarks/quality.py --suite glyphs --batch-sweep 64 128 256   # Table 3-like sweep
+    python benchmarks/quality.py --suite glyphs --batch-sweep 64 128 256 --losses ce supcon clce --batches balanced
 
 Suites (the same recipe for every loss, seeds 0, 1, 2 by default):
 
 * ``fmnist`` — low-data transfer: fine-tune the packaged ImageNet EfficientNet-Lite0 on K = 5 and 20
   Fashion-MNIST images per class; top-1 on the official 10k test split (``--quick`` evaluates a fixed,
-  seeded, class-balanced 2,000-image subset of it and says so).
+  seeded, class-balanced 1,000-image subset of it and says so).
 * ``glyphs`` — few-shot on classes never trained on: fine-tune on ``glyphs64/base`` (128 classes), then
   5-way 1-shot and 5-shot nearest-prototype episodes (15 queries) on ``glyphs64/novel`` (144 classes);
   the frozen pretrained encoder is the floor.
+
+Batch composition (``--batches``): **balanced** batches hold B/m classes × m images (m = 4, CONTRACTS'
+``--per-class``), **random** batches are plain shuffling. Every loss runs with balanced batches; CE and
+CLCE also run with random ones (``--random-losses``), because the issue's prototype found that the
+composition decides which of the two wins. Fashion-MNIST batches are min(64, 10K/3) images.
 
 Across seeds: mean ± 95% CI with Student's t (t = 4.30 at 3 seeds). Writes ``quality.md`` (the table),
 ``quality.json`` (every run) and PNG plots to ``--output-dir``; the README quotes the table whichever
@@ -23,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -32,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from clce_core.fewshot import evaluate_episodes
 from clce_core.stats import t_confidence_interval
 from training.config import RunConfig
 from training.embed import embed_images, eval_transform, load_class_set, load_encoder
 from training.finetune import Run
+from training.sysinfo import machine_line
 
 LOSSES = ["ce", "ce+supcon", "clce-nohnm", "clce"]
 GLYPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glyphs64"
@@ -68,16 +72,6 @@ QUICK = Recipe()
 FULL = Recipe(img_size=64, fmnist_steps=60, fmnist_test_per_class=None, glyph_epochs=4, episodes=3000)
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
-
-
 def finetune(cfg: RunConfig) -> tuple[Run, dict[str, float], float]:
     """One in-process fine-tuning run; returns the run, its final test metrics and seconds taken."""
     start = time.perf_counter()
@@ -86,14 +80,31 @@ def finetune(cfg: RunConfig) -> tuple[Run, dict[str, float], float]:
     return run, final, time.perf_counter() - start
 
 
-def fmnist_runs(recipe: Recipe, losses: list[str], seeds: list[int], ks: list[int], work: Path) -> list[dict]:
+def plan(losses: list[str], batches: list[str], random_losses: list[str]) -> list[tuple[str, str]]:
+    """(composition, loss) pairs to run: every loss with each composition, ``random`` only for ``random_losses``."""
+    return [
+        (composition, loss)
+        for composition in batches
+        for loss in losses
+        if composition == "balanced" or loss in random_losses
+    ]
+
+
+def per_class(recipe: Recipe, composition: str) -> int:
+    """``--per-class`` for a composition: m images per class, or 0 for uniformly shuffled batches."""
+    return recipe.per_class if composition == "balanced" else 0
+
+
+def fmnist_runs(
+    recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], ks: list[int], work: Path
+) -> list[dict]:
     rows = []
     for k in ks:
         batch_size = min(recipe.batch_size, (10 * k) // 3) // recipe.per_class * recipe.per_class
         batches_per_epoch = (10 * k) // batch_size
         epochs = max(1, round(recipe.fmnist_steps / batches_per_epoch))
         for seed in seeds:
-            for loss in losses:
+            for composition, loss in runs:
                 cfg = RunConfig(
                     dataset="fashion-mnist",
                     train_per_class=k,
@@ -101,7 +112,7 @@ def fmnist_runs(recipe: Recipe, losses: list[str], seeds: list[int], ks: list[in
                     test_per_class=recipe.fmnist_test_per_class,
                     img_size=recipe.img_size,
                     batch_size=batch_size,
-                    per_class=0 if loss == "ce" else recipe.per_class,
+                    per_class=per_class(recipe, composition),
                     epochs=epochs,
                     lr=recipe.lr,
                     head_lr=recipe.head_lr,
@@ -111,12 +122,12 @@ def fmnist_runs(recipe: Recipe, losses: list[str], seeds: list[int], ks: list[in
                     seed=seed,
                     workers=recipe.workers,
                     warmup_epochs=0.1 * epochs,
-                    output=str(work / f"fmnist-k{k}-{loss}-s{seed}"),
+                    output=str(work / f"fmnist-k{k}-{composition}-{loss}-s{seed}"),
                     **recipe.extra,
                 )
                 _, final, seconds = finetune(cfg)
                 rows.append(
-                    {"suite": "fmnist", "setting": f"K={k}", "loss": loss, "seed": seed,
+                    {"suite": "fmnist", "setting": f"K={k} {composition}", "loss": loss, "seed": seed,
                      "top1": final["test_top1"], "seconds": seconds, "epochs": epochs, "batch_size": batch_size}
                 )  # fmt: skip
                 log(rows[-1])
@@ -124,11 +135,16 @@ def fmnist_runs(recipe: Recipe, losses: list[str], seeds: list[int], ks: list[in
 
 
 def glyph_runs(
-    recipe: Recipe, losses: list[str], seeds: list[int], work: Path, batch_sizes: list[int] | None = None
+    recipe: Recipe,
+    runs: list[tuple[str, str]],
+    seeds: list[int],
+    work: Path,
+    batch_sizes: list[int] | None = None,
+    floor: bool = True,
 ) -> list[dict]:
     novel = load_class_set(data_dir=GLYPHS / "novel")
     rows = []
-    for seed in seeds:  # the frozen floor: no fine-tuning, same episodes
+    for seed in seeds if floor else []:  # the frozen floor: no fine-tuning, same episodes
         enc = load_encoder(
             model_name="tf_efficientnet_lite0", pretrained="packaged", img_size=recipe.img_size
         )
@@ -140,14 +156,14 @@ def glyph_runs(
         log(rows[-1])
     for batch_size in batch_sizes or [recipe.batch_size]:
         for seed in seeds:
-            for loss in losses:
+            for composition, loss in runs:
                 cfg = RunConfig(
                     dataset="imagefolder",
                     data_dir=str(GLYPHS / "base"),
                     img_size=recipe.img_size,
                     hflip=0.0,  # mirroring changes a character
                     batch_size=batch_size,
-                    per_class=0 if loss == "ce" else recipe.per_class,
+                    per_class=per_class(recipe, composition),
                     epochs=recipe.glyph_epochs,
                     lr=recipe.lr,
                     head_lr=recipe.head_lr,
@@ -157,7 +173,7 @@ def glyph_runs(
                     seed=seed,
                     workers=recipe.workers,
                     warmup_epochs=0.25,
-                    output=str(work / f"glyphs-b{batch_size}-{loss}-s{seed}"),
+                    output=str(work / f"glyphs-b{batch_size}-{composition}-{loss}-s{seed}"),
                     **recipe.extra,
                 )
                 run, final, seconds = finetune(cfg)  # run.eval_model holds best.pt's weights after fit
@@ -167,7 +183,7 @@ def glyph_runs(
                     transform=eval_transform(run.data_config),
                     show_progress=False,
                 )
-                rows.append({"suite": "glyphs", "setting": f"batch {batch_size}", "loss": loss, "seed": seed,
+                rows.append({"suite": "glyphs", "setting": f"batch {batch_size} {composition}", "loss": loss, "seed": seed,
                              "batch_size": batch_size, "base_top1": final.get("test_top1"),
                              **few_shot(emb, novel.targets, recipe.episodes, seed), "seconds": seconds})  # fmt: skip
                 log(rows[-1])
@@ -231,7 +247,7 @@ def markdown(rows: list[dict], header: str) -> str:
         lines += ["**Glyph few-shot** on 144 novel classes, 5-way accuracy (%), 15 queries", ""]
         lines += ["| setting | loss | 1-shot | 5-shot | base-class test top-1 |", "|---|---|---:|---:|---:|"]
         for key in sorted(
-            one, key=lambda k: (k[1] != "frozen", k[1], LOSSES.index(k[2]) if k[2] in LOSSES else -1)
+            one, key=lambda k: (_setting_order(k[1]), LOSSES.index(k[2]) if k[2] in LOSSES else -1)
         ):
             lines.append(
                 f"| {key[1]} | {key[2]} | {_cell(one[key])} | {_cell(five.get(key))} | {_cell(base.get(key))} |"
@@ -284,11 +300,12 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _setting_order(setting: str) -> tuple[int, float]:
-    """frozen first, then K=5 < K=20 and batch 64 < batch 128 by their number."""
+def _setting_order(setting: str) -> tuple[int, float, str]:
+    """frozen first, then K=5 < K=20 and batch 64 < batch 128 by their number, balanced before random."""
     if setting == "frozen":
-        return (0, 0.0)
-    return (1, float(setting.replace("=", " ").split()[-1]))
+        return (0, 0.0, "")
+    words = setting.replace("=", " ").split()
+    return (1, float(words[1]), words[2] if len(words) > 2 else "")
 
 
 def k_suite(stats: dict) -> str:
@@ -309,6 +326,21 @@ def main() -> None:
     parser.add_argument("--ks", nargs="+", type=int, default=[5, 20], help="Fashion-MNIST images per class")
     parser.add_argument(
         "--batch-sweep", nargs="+", type=int, help="glyph batch sizes (images), e.g. 64 128 256"
+    )
+    parser.add_argument(
+        "--batches",
+        nargs="+",
+        choices=["balanced", "random"],
+        default=["balanced", "random"],
+        help="batch compositions: balanced = B/m classes × m images (m = per_class), random = plain "
+        "shuffling; every loss runs with each (default: both)",
+    )
+    parser.add_argument(
+        "--random-losses",
+        nargs="+",
+        default=["ce", "clce"],
+        help="the losses that also run with random batches (default: ce clce, the pair whose order "
+        "batch composition flipped in the issue's prototype; 'all' for every --losses entry)",
     )
     parser.add_argument(
         "--set",
@@ -344,22 +376,31 @@ def main() -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = args.output_dir / "runs" if args.keep_runs else Path(tmp)
+        runs = plan(
+            args.losses, args.batches, args.losses if args.random_losses == ["all"] else args.random_losses
+        )
         rows: list[dict] = []
         if args.suite in ("all", "fmnist"):
-            rows += fmnist_runs(recipe, args.losses, args.seeds, args.ks, work)
+            rows += fmnist_runs(recipe, runs, args.seeds, args.ks, work)
         if args.suite in ("all", "glyphs"):
-            rows += glyph_runs(recipe, args.losses, args.seeds, work, args.batch_sweep)
+            rows += glyph_runs(recipe, runs, args.seeds, work, args.batch_sweep)
     minutes = (time.perf_counter() - start) / 60
     mode = "full" if args.full else "quick"
     header = (
-        f"Machine: {machine()}. Mode: {mode} ({recipe_line(recipe)}); seeds {args.seeds}; "
+        f"Machine: {machine_line()}. Mode: {mode} ({recipe_line(recipe)}); seeds {args.seeds}; "
         f"mean ± 95% CI (Student's t) over seeds; took {minutes:.1f} min."
     )
     table = markdown(rows, header)
     (args.output_dir / f"{name}.md").write_text(table + "\n")
     (args.output_dir / f"{name}.json").write_text(
         json.dumps(
-            {"machine": machine(), "mode": mode, "recipe": recipe.__dict__, "minutes": minutes, "runs": rows},
+            {
+                "machine": machine_line(),
+                "mode": mode,
+                "recipe": recipe.__dict__,
+                "minutes": minutes,
+                "runs": rows,
+            },
             indent=1,
         )
     )
@@ -376,7 +417,7 @@ def recipe_line(r: Recipe) -> str:
     )
     return (
         f"EfficientNet-Lite0 packaged weights, {r.img_size} px, batch {r.batch_size} images "
-        f"({r.per_class}/class for contrastive losses), AdamW {r.lr:g} encoder / {r.head_lr:g} head, λ {r.lam}, "
+        f"(balanced: {r.batch_size // r.per_class} classes × {r.per_class}; random: shuffled), AdamW {r.lr:g} encoder / {r.head_lr:g} head, λ {r.lam}, "
         f"τ {r.tau}; Fashion-MNIST {r.fmnist_steps} steps, {test}; glyphs {r.glyph_epochs} epochs, "
         f"{r.episodes} episodes" + (f"; overrides {r.extra}" if r.extra else "")
     )

@@ -18,16 +18,21 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_line(*extra: str) -> str:
-    """``"AMD EPYC, 2 CPUs, 2 threads, torch 2.14.1, <extra>..."``."""
+def machine_line(*extra: str, threads: int | None = None) -> str:
+    """``"AMD EPYC, 2 CPUs, 2 threads, torch 2.14.1[, NVIDIA H200], <extra>..."``.
+
+    ``threads`` defaults to torch's intra-op thread count; the GPU is named when CUDA is available.
+    """
     import torch
 
     parts = [
         cpu_name(),
         f"{os.cpu_count()} CPUs",
-        f"{torch.get_num_threads()} threads",
+        f"{threads or torch.get_num_threads()} threads",
         f"torch {torch.__version__}",
     ]
+    if torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name())
     return ", ".join([*parts, *extra])
 
 
