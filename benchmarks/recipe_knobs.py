@@ -46,6 +46,7 @@ VARIANTS = [
     Variant("epochs-4", {"glyph_epochs": 4}),
     Variant("64px", {"img_size": 64}),
     Variant("64px-epochs-4", {"img_size": 64, "glyph_epochs": 4}),  # the prototype recipe
+    Variant("64px-epochs-4-random", {"img_size": 64, "glyph_epochs": 4}, composition="random"),
     Variant("lr-1e-3", {"lr": 1e-3, "head_lr": 1e-2}),
     Variant("lr-1e-4", {"lr": 1e-4, "head_lr": 1e-3}),
     Variant("head-lr=lr", {"head_lr": 3e-4}),
@@ -55,6 +56,7 @@ VARIANTS = [
     Variant("tau-0.2", {"tau": 0.2}, losses=("clce",)),
     Variant("lam-0.5", {"lam": 0.5}, losses=("clce",)),
     Variant("lam-0.99", {"lam": 0.99}, losses=("clce",)),
+    Variant("lam-0 (CE, 2 views)", {"lam": 0.0}, losses=("clce",)),  # CE on both views: CLCE's compute
 ]
 
 
@@ -133,23 +135,36 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", metavar="VARIANT", choices=[v.name for v in VARIANTS],
                         help="run these variants (default: all)")  # fmt: skip
     parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--update", action="store_true",
+                        help="keep OUTPUT_DIR's saved runs of the variants not run now (add or redo a few)")  # fmt: skip
     args = parser.parse_args()
     if not GLYPHS.exists():
         sys.exit(f"error: the glyph set is not at {GLYPHS}")
-    variants = [v for v in VARIANTS if not args.only or v.name in args.only]
+    to_run = [v for v in VARIANTS if not args.only or v.name in args.only]
+    variants = to_run  # the table's rows
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    saved_path = args.output_dir / "recipe_knobs.json"
     rows: list[dict] = []
+    minutes = 0.0
+    if args.update and saved_path.exists():
+        saved = json.loads(saved_path.read_text())
+        if saved["seeds"] != args.seeds:
+            sys.exit(f"error: --update needs the saved seeds {saved['seeds']}, got {args.seeds}")
+        rerun = {v.name for v in to_run} | {"frozen"}
+        rows = [r for r in saved["runs"] if r["variant"] not in rerun]
+        minutes = saved["minutes"]
+        variants = [v for v in VARIANTS if v.name in {r["variant"] for r in rows} | rerun]
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         floor = glyph_runs(QUICK, [], args.seeds, Path(tmp))
         rows += [{**r, "variant": "frozen"} for r in floor]
-        for v in variants:
+        for v in to_run:
             runs = [(v.composition, loss) for loss in v.losses]
             out = glyph_runs(recipe_for(v), runs, args.seeds, Path(tmp) / v.name, floor=False)
             rows += [{**r, "variant": v.name} for r in out]
-    minutes = (time.perf_counter() - start) / 60
+    minutes += (time.perf_counter() - start) / 60
     header = (f"Machine: {machine_line()}. Glyph few-shot, 5-way, 15 queries, {QUICK.episodes} episodes; seeds "
-              f"{args.seeds} (mean over seeds); base recipe = quality.py --quick; took {minutes:.1f} min.")  # fmt: skip
+              f"{args.seeds} (mean over seeds); base recipe = quality.py --quick; runs took {minutes:.1f} min.")  # fmt: skip
     table = markdown(rows, variants, header)
     (args.output_dir / "recipe_knobs.md").write_text(table + "\n")
     (args.output_dir / "recipe_knobs.json").write_text(
