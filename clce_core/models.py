@@ -17,13 +17,8 @@ from typing import Any
 import timm
 from torch import Tensor, nn
 
-from clce_core.weights import (
-    WeightsError,
-    architecture,
-    create_encoder_from_hub,
-    load_weights,
-    resolve_source,
-)
+from clce_core.hub import create_encoder_from_hub
+from clce_core.weights import WeightsError, architecture, load_weights, resolve_source
 
 __all__ = [
     "ClassifierModel",

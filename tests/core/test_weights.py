@@ -12,15 +12,9 @@ import torch
 from PIL import Image
 
 from clce_core import weights
+from clce_core.efficientnet_keys import block_positions, map_efficientnet_pytorch_key
 from clce_core.models import ClassifierModel, create_model
-from clce_core.weights import (
-    PackagedWeights,
-    WeightsError,
-    block_positions,
-    load_packaged_state_dict,
-    map_efficientnet_pytorch_key,
-    read_state_dict,
-)
+from clce_core.weights import PackagedWeights, WeightsError, load_packaged_state_dict, read_state_dict
 
 LITE0 = "tf_efficientnet_lite0"
 
