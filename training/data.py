@@ -4,9 +4,10 @@
   split carries ``targets`` (the integer labels, read without decoding an image) for the sampler.
   Adding a dataset = one builder function decorated with ``@register("name")``; the parametrised
   tests then ask for a fake of it in its on-disk format.
-* Here: the registry, the split helpers, ``imagefolder`` and the offline ``fashion-mnist``. The
-  torchvision-backed datasets live in :mod:`training.torchvision_datasets`, imported at the end of
-  this module so that ``import training.data`` fills the registry. Images are read with the one
+* Here: the registry and the split helpers. The builders live in :mod:`training.fashion_mnist`
+  (the offline default), :mod:`training.image_folders` (``imagefolder``) and
+  :mod:`training.torchvision_datasets` (Flowers-102, CIFAR-100, ...), imported at the end of this
+  module so that ``import training.data`` fills the registry. Images are read with the one
   loading rule of :mod:`clce_core.preprocessing`; transforms are in :mod:`training.transforms`.
 
 Splits and seeds: where a dataset has no validation split, ``val_fraction`` of each training class
@@ -18,7 +19,6 @@ line that says where to put which files, or to pass ``--download``.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -29,7 +29,6 @@ from typing import Any, NamedTuple, TypeVar
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from clce_core.preprocessing import array_to_rgb, load_image
 
@@ -41,9 +40,7 @@ __all__ = [
     "LabeledImages",
     "RawSplits",
     "build_datasets",
-    "class_folder_images",
     "list_datasets",
-    "read_idx",
     "register",
     "split_per_class",
     "take_per_class",
@@ -54,7 +51,6 @@ T = TypeVar("T")
 
 DATA_HOME_ENV = "CLCE_DATA_HOME"  # with no root given, a dataset lives in $CLCE_DATA_HOME/<folder>
 DEFAULT_DATA_HOME = "~/.cache/clce/data"  # ... or here, when the variable is unset
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 # Salts make independent seeded streams: the validation split does not change with K, etc.
 _SALT_VAL, _SALT_K, _SALT_TEST = 0, 1, 2
 
@@ -310,177 +306,5 @@ def _torchvision(
         ) from e
 
 
-# --------------------------------------------------------------------------- Fashion-MNIST (IDX files)
-
-_FASHION_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-FASHION_MNIST_CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read a uint8 IDX file (``*-ubyte`` or ``*-ubyte.gz``) into an array of its dimensions."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DatasetError(f"{path} is not a uint8 IDX file (bad magic number)")
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    if len(data) - offset != int(np.prod(shape)):
-        raise DatasetError(
-            f"{path} is truncated: header says {shape}, found {len(data) - offset} bytes of data"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
-
-
-def _idx_files(folder: Path) -> dict[str, Path] | None:
-    """The four Fashion-MNIST files in ``folder`` (plain or .gz), or None if any is missing."""
-    found = {}
-    for stem in (s for pair in _FASHION_FILES.values() for s in pair):
-        for candidate in (folder / stem, folder / f"{stem}.gz"):
-            if candidate.is_file():
-                found[stem] = candidate
-                break
-        else:
-            return None
-    return found
-
-
-@register("fashion-mnist")
-def _fashion_mnist(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-    """Fashion-MNIST: ``<root>/FashionMNIST/raw/*-ubyte(.gz)``, read in place (no copy).
-
-    With no root: ``~/.cache/clce/data/fashion-mnist`` (see :func:`build_datasets`), then Debian's ``/usr/share/datasets/fashion-mnist``.
-    Official train / test; val = ``val_fraction`` of each training class. (torchvision 0.29's own
-    FashionMNIST reads only uncompressed files, so the .gz files are decoded here; torchvision still
-    does the downloading.)
-    """
-    raw = _data_root(root, "fashion-mnist") / "FashionMNIST" / "raw"
-    candidates = [raw] if root is not None else [raw, DEBIAN_FASHION_MNIST]
-    files = next((f for f in map(_idx_files, candidates) if f is not None), None)
-    if files is None:
-        names = ", ".join(f"{s}(.gz)" for pair in _FASHION_FILES.values() for s in pair)
-        debian = "" if root is not None else ", install Debian's dataset-fashion-mnist (apt-get)"
-        if not download:
-            raise DatasetError(
-                f"Fashion-MNIST not found in {raw}: put {names} there{debian}, "
-                "or pass --download (needs a network)"
-            )
-        from torchvision.datasets import FashionMNIST
-
-        _torchvision(
-            lambda: FashionMNIST(str(_data_root(root, "fashion-mnist")), train=True, download=True),
-            "Fashion-MNIST",
-            raw,
-            names,
-            [raw / stem for pair in _FASHION_FILES.values() for stem in pair],  # absent: a download
-            download,
-        )
-        files = _idx_files(raw)
-        if files is None:
-            raise DatasetError(f"Fashion-MNIST download left no files in {raw}: put {names} there by hand")
-    splits = {}
-    for split, (images, labels) in _FASHION_FILES.items():
-        x, y = read_idx(files[images]), read_idx(files[labels])
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DatasetError(f"Fashion-MNIST {split} files disagree: images {x.shape}, labels {y.shape}")
-        splits[split] = LabeledImages(ImageArray(x, y))
-    train, val = _carve_val(splits["train"], val_fraction, seed)
-    return RawSplits(list(FASHION_MNIST_CLASSES), train, val, splits["test"])
-
-
-# --------------------------------------------------------------------------- image folders
-
-
-def _scan_class_folders(
-    folder: Path, class_to_idx: dict[str, int] | None = None
-) -> tuple[list[str], ImageFiles]:
-    """Class folders of image files (any depth below the class folder; torchvision's extensions).
-
-    With ``class_to_idx`` (a val/test folder) every class must be one of the training classes.
-    """
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    classes = [d.name for d in class_dirs]
-    if class_to_idx is None:
-        class_to_idx = {c: i for i, c in enumerate(classes)}
-    unknown = [c for c in classes if c not in class_to_idx]
-    if unknown:
-        raise DatasetError(f"{folder} has classes the training folder lacks: {', '.join(unknown[:5])}")
-    paths: list[Path] = []
-    targets: list[int] = []
-    empty = []
-    for d in class_dirs:
-        found = sorted(
-            p
-            for p in d.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
-        )
-        empty += [] if found else [d.name]
-        paths += found
-        targets += [class_to_idx[d.name]] * len(found)
-    if not paths:
-        raise DatasetError(f"no images in class folders under {folder} (expected {folder}/CLASS/IMAGE.jpg)")
-    if empty:
-        log.warning("%s: %d class folders hold no images (%s)", folder, len(empty), ", ".join(empty[:5]))
-    return classes, ImageFiles(paths, targets)
-
-
-def class_folder_images(
-    folder: str | os.PathLike[str], transform: Callable | None = None
-) -> tuple[LabeledImages, list[str]]:
-    """A folder of class folders as one labelled set (e.g. few-shot classes): ``(images, classes)``."""
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise DatasetError(f"{folder} is not a folder of class folders")
-    classes, files = _scan_class_folders(folder)
-    return LabeledImages(files, transform=transform), classes
-
-
-@register("imagefolder")
-def _imagefolder(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
-    """``--data-dir DIR``: ``DIR/train`` + ``DIR/val`` (+ optional ``DIR/test``) of class folders.
-
-    Without ``val/``: ``val_fraction`` of each training class. Without ``test/``: no test split. A single
-    folder of class folders (no ``train/``) is split per class, seeded: ``val_fraction`` to test,
-    ``val_fraction`` of the rest to val, the remainder to train.
-    """
-    usage = "a folder with train/ and val/ (optional test/) of class folders, or one folder of class folders"
-    if root is None:
-        raise DatasetError(f"imagefolder needs --data-dir DIR: {usage}")
-    if not root.is_dir():
-        raise DatasetError(f"imagefolder: {root} does not exist; pass --data-dir DIR: {usage}")
-    if (root / "train").is_dir():
-        classes, files = _scan_class_folders(root / "train")
-        index = {c: i for i, c in enumerate(classes)}
-        train = LabeledImages(files)
-        if (root / "val").is_dir():
-            val = LabeledImages(_scan_class_folders(root / "val", index)[1])
-        else:
-            train, val = _carve_val(train, val_fraction, seed)
-        test = (
-            LabeledImages(_scan_class_folders(root / "test", index)[1]) if (root / "test").is_dir() else None
-        )
-        return RawSplits(classes, train, val, test)
-    classes, files = _scan_class_folders(root)
-    everything = LabeledImages(files)
-    rest, test_pos = split_per_class(everything.targets, val_fraction, [seed, _SALT_TEST])
-    train, val = _carve_val(everything.subset(rest), val_fraction, seed)
-    return RawSplits(classes, train, val, everything.subset(test_pos))
-
-
-# The torchvision-backed builders register themselves; imported last, once the registry exists.
-from training import torchvision_datasets  # noqa: E402, F401  (registers flowers102, cifar100, ... on import)
+# The other builders register themselves; imported last, once the registry exists.
+from training import fashion_mnist, image_folders, torchvision_datasets  # noqa: E402, F401  (fill the registry)

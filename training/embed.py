@@ -141,7 +141,8 @@ def load_class_set(
     Raises:
         training.data.DatasetError: one line saying what is missing or wrong.
     """
-    from training.data import DatasetError, build_datasets, class_folder_images
+    from training.data import DatasetError, build_datasets
+    from training.image_folders import class_folder_images
     from training.torchvision_datasets import build_fewshot_split
 
     if split not in ("train", "val", "test"):

@@ -23,14 +23,9 @@ from torchvision.datasets import utils as tv_utils
 
 from tests.training.test_images import _image_zoo
 from tests.training.test_transforms import LITE0
-from training import data, torchvision_datasets
-from training.data import (
-    DatasetError,
-    ImageFiles,
-    build_datasets,
-    class_folder_images,
-    list_datasets,
-)
+from training import data, fashion_mnist, torchvision_datasets
+from training.data import DatasetError, ImageFiles, build_datasets, list_datasets
+from training.image_folders import class_folder_images
 from training.torchvision_datasets import build_fewshot_split, fewshot_classes
 from training.transforms import build_transforms, two_view_collate
 
@@ -337,18 +332,18 @@ def test_fashion_mnist_reads_plain_and_gz_and_debian_in_place(tmp_path, monkeypa
     assert len(plain.test) == 30 and plain.classes[0] == "T-shirt/top"
     debian = tmp_path / "debian"
     write_fashion_files(debian)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", debian)
     monkeypatch.setenv(data.DATA_HOME_ENV, str(tmp_path / "empty"))
     splits = build_datasets("fashion-mnist", None, False, None, None)
     assert len(splits.test) == 30 and not (tmp_path / "empty").exists()  # nothing copied
     assert np.array_equal(np.asarray(splits.test[0][0])[..., 0], np.asarray(plain.test[0][0])[..., 0])
     with pytest.raises(DatasetError, match="dataset-fashion-mnist"):
-        monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+        monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
         build_datasets("fashion-mnist", None, False, None, None)
 
 
 @pytest.mark.skipif(
-    not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed"
+    not fashion_mnist.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed"
 )
 def test_real_debian_fashion_mnist(monkeypatch, tmp_path):
     monkeypatch.setenv(data.DATA_HOME_ENV, str(tmp_path))

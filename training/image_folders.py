@@ -1,0 +1,107 @@
+"""Folders of class folders (``CLASS/IMAGE.jpg``): the ``imagefolder`` dataset and few-shot class sets.
+
+``--dataset imagefolder --data-dir DIR`` takes ``DIR/train`` + ``DIR/val`` (+ ``DIR/test``), or one
+folder of class folders split per class (seeded). :func:`class_folder_images` reads a folder of class
+folders as one labelled set, e.g. the novel classes that ``python -m training.evaluate`` embeds.
+Imported at the end of :mod:`training.data`, so ``import training.data`` registers ``imagefolder``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from training.data import (
+    _SALT_TEST,
+    DatasetError,
+    ImageFiles,
+    LabeledImages,
+    RawSplits,
+    _carve_val,
+    register,
+    split_per_class,
+)
+
+__all__ = ["class_folder_images"]
+
+log = logging.getLogger(__name__)
+
+
+def _scan_class_folders(
+    folder: Path, class_to_idx: dict[str, int] | None = None
+) -> tuple[list[str], ImageFiles]:
+    """Class folders of image files (any depth below the class folder; torchvision's extensions).
+
+    With ``class_to_idx`` (a val/test folder) every class must be one of the training classes.
+    """
+    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in class_dirs]
+    if class_to_idx is None:
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in classes if c not in class_to_idx]
+    if unknown:
+        raise DatasetError(f"{folder} has classes the training folder lacks: {', '.join(unknown[:5])}")
+    paths: list[Path] = []
+    targets: list[int] = []
+    empty = []
+    for d in class_dirs:
+        found = sorted(
+            p
+            for p in d.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
+        )
+        empty += [] if found else [d.name]
+        paths += found
+        targets += [class_to_idx[d.name]] * len(found)
+    if not paths:
+        raise DatasetError(f"no images in class folders under {folder} (expected {folder}/CLASS/IMAGE.jpg)")
+    if empty:
+        log.warning("%s: %d class folders hold no images (%s)", folder, len(empty), ", ".join(empty[:5]))
+    return classes, ImageFiles(paths, targets)
+
+
+def class_folder_images(
+    folder: str | os.PathLike[str], transform: Callable | None = None
+) -> tuple[LabeledImages, list[str]]:
+    """A folder of class folders as one labelled set (e.g. few-shot classes): ``(images, classes)``."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(f"{folder} is not a folder of class folders")
+    classes, files = _scan_class_folders(folder)
+    return LabeledImages(files, transform=transform), classes
+
+
+@register("imagefolder")
+def _imagefolder(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
+    """``--data-dir DIR``: ``DIR/train`` + ``DIR/val`` (+ optional ``DIR/test``) of class folders.
+
+    Without ``val/``: ``val_fraction`` of each training class. Without ``test/``: no test split. A single
+    folder of class folders (no ``train/``) is split per class, seeded: ``val_fraction`` to test,
+    ``val_fraction`` of the rest to val, the remainder to train.
+    """
+    usage = "a folder with train/ and val/ (optional test/) of class folders, or one folder of class folders"
+    if root is None:
+        raise DatasetError(f"imagefolder needs --data-dir DIR: {usage}")
+    if not root.is_dir():
+        raise DatasetError(f"imagefolder: {root} does not exist; pass --data-dir DIR: {usage}")
+    if (root / "train").is_dir():
+        classes, files = _scan_class_folders(root / "train")
+        index = {c: i for i, c in enumerate(classes)}
+        train = LabeledImages(files)
+        if (root / "val").is_dir():
+            val = LabeledImages(_scan_class_folders(root / "val", index)[1])
+        else:
+            train, val = _carve_val(train, val_fraction, seed)
+        test = (
+            LabeledImages(_scan_class_folders(root / "test", index)[1]) if (root / "test").is_dir() else None
+        )
+        return RawSplits(classes, train, val, test)
+    classes, files = _scan_class_folders(root)
+    everything = LabeledImages(files)
+    rest, test_pos = split_per_class(everything.targets, val_fraction, [seed, _SALT_TEST])
+    train, val = _carve_val(everything.subset(rest), val_fraction, seed)
+    return RawSplits(classes, train, val, everything.subset(test_pos))
