@@ -147,15 +147,16 @@ def glyph_runs(
 ) -> list[dict]:
     novel = load_class_set(data_dir=GLYPHS / "novel")
     rows = []
-    for seed in seeds if floor else []:  # the frozen floor: no fine-tuning, same episodes
+    if floor:  # the frozen floor: no fine-tuning, embedded once, each seed's episodes
         enc = load_encoder(
             model_name="tf_efficientnet_lite0", pretrained="packaged", img_size=recipe.img_size
         )
-        emb = embed_images(
+        frozen = embed_images(
             enc.model, novel.dataset, transform=eval_transform(enc.data_config), show_progress=False
         )
+    for seed in seeds if floor else []:
         rows.append({"suite": "glyphs", "setting": "frozen", "loss": "frozen", "seed": seed, "batch_size": 0,
-                     **few_shot(emb, novel.targets, recipe.episodes, seed), "seconds": 0.0})  # fmt: skip
+                     **few_shot(frozen, novel.targets, recipe.episodes, seed), "seconds": 0.0})  # fmt: skip
         log(rows[-1])
     for batch_size in batch_sizes or [recipe.batch_size]:
         for seed in seeds:
