@@ -67,6 +67,11 @@ def recipe_for(variant: Variant) -> Recipe:
     return dataclasses.replace(QUICK, **known, extra=extra)
 
 
+def floor_sizes(variants: list[Variant]) -> list[int]:
+    """The image sizes the variants train at: the frozen floor is measured at each."""
+    return sorted({recipe_for(v).img_size for v in variants})
+
+
 def mean(rows: list[dict], variant: str, loss: str, metric: str) -> float | None:
     values = [
         r[metric] for r in rows if r["variant"] == variant and r["loss"] == loss and r.get(metric) is not None
@@ -80,7 +85,6 @@ def markdown(rows: list[dict], variants: list[Variant], header: str) -> str:
 
     lines = [header, "", "| variant | change | CE 1-shot | CLCE 1-shot | CLCE − CE | CE 5-shot | CLCE 5-shot | "
              "CE base top-1 | CLCE base top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
-    frozen = mean(rows, "frozen", "frozen", "1shot")
     for v in variants:
         ce_variant = v.name if "ce" in v.losses else "base"
         ce1, cl1 = mean(rows, ce_variant, "ce", "1shot"), mean(rows, v.name, "clce", "1shot")
@@ -95,8 +99,12 @@ def markdown(rows: list[dict], variants: list[Variant], header: str) -> str:
             f"{fmt(mean(rows, ce_variant, 'ce', '5shot'))} | {fmt(mean(rows, v.name, 'clce', '5shot'))} | "
             f"{fmt(mean(rows, ce_variant, 'ce', 'base_top1'))} | {fmt(mean(rows, v.name, 'clce', 'base_top1'))} |"
         )
-    lines += ["", f"Frozen pretrained encoder (48 px): 1-shot {fmt(frozen)}, 5-shot "
-              f"{fmt(mean(rows, 'frozen', 'frozen', '5shot'))}."]  # fmt: skip
+    floors = [
+        f"{size} px: 1-shot {fmt(mean(rows, f'frozen {size}px', 'frozen', '1shot'))}, "
+        f"5-shot {fmt(mean(rows, f'frozen {size}px', 'frozen', '5shot'))}"
+        for size in floor_sizes(variants)
+    ]
+    lines += ["", f"Frozen pretrained encoder (the floor): {'; '.join(floors)}."]
     return "\n".join(lines)
 
 
@@ -107,21 +115,22 @@ def plot(rows: list[dict], variants: list[Variant], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(variants) + 1.2))
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(variants) + 1.2))
     for i, v in enumerate(variants):
         for loss, color, dy in (("ce", "C0", -0.12), ("clce", "C3", 0.12)):
             source = v.name if loss in v.losses else "base"
             xs = [r["1shot"] for r in rows if r["variant"] == source and r["loss"] == loss]
             ax.scatter(xs, [i + dy] * len(xs), color=color, s=28, label=loss.upper() if i == 0 else None,
                        marker="o" if source == v.name else "x")  # fmt: skip
-    frozen = mean(rows, "frozen", "frozen", "1shot")
-    if frozen is not None:
-        ax.axvline(frozen, color="grey", ls="--", lw=1, label="frozen encoder")
+    for size, style in zip(floor_sizes(variants), ("--", ":", "-."), strict=False):
+        frozen = mean(rows, f"frozen {size}px", "frozen", "1shot")
+        if frozen is not None:
+            ax.axvline(frozen, color="grey", ls=style, lw=1, label=f"frozen encoder, {size} px")
     ax.set_yticks(range(len(variants)), [v.name for v in variants])
     ax.invert_yaxis()
     ax.set_xlabel("glyph novel classes, 5-way 1-shot accuracy (%)")
     ax.set_title("One knob at a time from the quick recipe (x: CE of the base recipe)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -150,14 +159,17 @@ def main() -> None:
         saved = json.loads(saved_path.read_text())
         if saved["seeds"] != args.seeds:
             sys.exit(f"error: --update needs the saved seeds {saved['seeds']}, got {args.seeds}")
-        rerun = {v.name for v in to_run} | {"frozen"}
-        rows = [r for r in saved["runs"] if r["variant"] not in rerun]
+        rerun = {v.name for v in to_run}
+        rows = [
+            r for r in saved["runs"] if r["variant"] not in rerun and not r["variant"].startswith("frozen")
+        ]
         minutes = saved["minutes"]
         variants = [v for v in VARIANTS if v.name in {r["variant"] for r in rows} | rerun]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        floor = glyph_runs(QUICK, [], args.seeds, Path(tmp))
-        rows += [{**r, "variant": "frozen"} for r in floor]
+        for size in floor_sizes(variants):  # the frozen floor at every resolution shown
+            floor = glyph_runs(dataclasses.replace(QUICK, img_size=size), [], args.seeds, Path(tmp))
+            rows += [{**r, "variant": f"frozen {size}px"} for r in floor]
         for v in to_run:
             runs = [(v.composition, loss) for loss in v.losses]
             out = glyph_runs(recipe_for(v), runs, args.seeds, Path(tmp) / v.name, floor=False)
