@@ -1,7 +1,7 @@
 """Which recipe knobs move CE and CLCE on the glyph few-shot suite? One knob at a time.
 
     python benchmarks/recipe_knobs.py                  # every variant, seed 0 (≈ 35 min on 2 CPU cores)
-    python benchmarks/recipe_knobs.py --seeds 0 1 2 --only base random epochs-4
+    python benchmarks/recipe_knobs.py --update --seeds 1 --only base random   # add seed 1 to two rows
 
 Starting from ``quality.py``'s quick recipe (EfficientNet-Lite0 packaged weights, 48 px, 2 epochs on
 ``glyphs64/base``, batch 64 = 16 classes × 4 images, AdamW 3e-4 encoder / 3e-3 head, τ 0.5, λ 0.9),
@@ -10,8 +10,9 @@ scored with 5-way 1-/5-shot nearest-prototype episodes on the 144 novel classes,
 Knobs that CE ignores (τ, λ) run CLCE only and are compared with the base CE.
 
 Writes ``recipe_knobs.md`` (a table: CE, CLCE, CLCE − CE per variant), ``recipe_knobs.json`` (every
-run) and ``recipe_knobs.png`` to ``--output-dir``. With one seed, differences of a few points are
-within seed-to-seed noise; the table prints the seeds used so the reader can judge.
+run) and ``recipe_knobs.png`` to ``--output-dir``; ``--update`` keeps the saved runs of every
+(variant, seed) not run now, so seeds can be added to the rows that matter. With one seed,
+differences of a few points are within seed-to-seed noise; the table prints each row's seeds.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def markdown(rows: list[dict], variants: list[Variant], header: str) -> str:
         return "—" if x is None else f"{x:.2f}"
 
     lines = [header, "", "| variant | change | CE 1-shot | CLCE 1-shot | CLCE − CE | CE 5-shot | CLCE 5-shot | "
-             "CE base top-1 | CLCE base top-1 |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+             "CE base top-1 | CLCE base top-1 | seeds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for v in variants:
         ce_variant = v.name if "ce" in v.losses else "base"
         ce1, cl1 = mean(rows, ce_variant, "ce", "1shot"), mean(rows, v.name, "clce", "1shot")
@@ -97,7 +98,8 @@ def markdown(rows: list[dict], variants: list[Variant], header: str) -> str:
         lines.append(
             f"| {v.name} | {change} | {fmt(ce1)} | {fmt(cl1)} | {fmt(delta)} | "
             f"{fmt(mean(rows, ce_variant, 'ce', '5shot'))} | {fmt(mean(rows, v.name, 'clce', '5shot'))} | "
-            f"{fmt(mean(rows, ce_variant, 'ce', 'base_top1'))} | {fmt(mean(rows, v.name, 'clce', 'base_top1'))} |"
+            f"{fmt(mean(rows, ce_variant, 'ce', 'base_top1'))} | {fmt(mean(rows, v.name, 'clce', 'base_top1'))} | "
+            f"{','.join(str(x) for x in sorted({r['seed'] for r in rows if r['variant'] == v.name}))} |"
         )
     floors = [
         f"{size} px: 1-shot {fmt(mean(rows, f'frozen {size}px', 'frozen', '1shot'))}, "
@@ -155,16 +157,17 @@ def main() -> None:
     saved_path = args.output_dir / "recipe_knobs.json"
     rows: list[dict] = []
     minutes = 0.0
-    if args.update and saved_path.exists():
+    if args.update and saved_path.exists():  # keep every saved (variant, seed) not run now
         saved = json.loads(saved_path.read_text())
-        if saved["seeds"] != args.seeds:
-            sys.exit(f"error: --update needs the saved seeds {saved['seeds']}, got {args.seeds}")
-        rerun = {v.name for v in to_run}
+        redo = {(v.name, seed) for v in to_run for seed in args.seeds}
         rows = [
-            r for r in saved["runs"] if r["variant"] not in rerun and not r["variant"].startswith("frozen")
+            r
+            for r in saved["runs"]
+            if (r["variant"], r["seed"]) not in redo
+            and not (r["variant"].startswith("frozen") and r["seed"] in args.seeds)
         ]
         minutes = saved["minutes"]
-        variants = [v for v in VARIANTS if v.name in {r["variant"] for r in rows} | rerun]
+        variants = [v for v in VARIANTS if v.name in {r["variant"] for r in rows} | {v.name for v in to_run}]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for size in floor_sizes(variants):  # the frozen floor at every resolution shown
@@ -175,14 +178,14 @@ def main() -> None:
             out = glyph_runs(recipe_for(v), runs, args.seeds, Path(tmp) / v.name, floor=False)
             rows += [{**r, "variant": v.name} for r in out]
     minutes += (time.perf_counter() - start) / 60
-    header = (f"Machine: {machine_line()}. Glyph few-shot, 5-way, 15 queries, {QUICK.episodes} episodes; seeds "
-              f"{args.seeds} (mean over seeds); base recipe = quality.py --quick; runs took {minutes:.1f} min.")  # fmt: skip
+    seeds = sorted({r["seed"] for r in rows})
+    header = (f"Machine: {machine_line()}. Glyph few-shot, 5-way, 15 queries, {QUICK.episodes} episodes; each "
+              "cell is the mean over the seeds in the last column; base recipe = quality.py --quick; "
+              f"runs took {minutes:.1f} min in all.")  # fmt: skip
     table = markdown(rows, variants, header)
     (args.output_dir / "recipe_knobs.md").write_text(table + "\n")
     (args.output_dir / "recipe_knobs.json").write_text(
-        json.dumps(
-            {"machine": machine_line(), "seeds": args.seeds, "minutes": minutes, "runs": rows}, indent=1
-        )
+        json.dumps({"machine": machine_line(), "seeds": seeds, "minutes": minutes, "runs": rows}, indent=1)
     )
     plot(rows, variants, args.output_dir / "recipe_knobs.png")
     print(table)
