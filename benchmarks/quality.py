@@ -48,6 +48,7 @@ from training.finetune import Run
 from training.sysinfo import machine_line
 
 LOSSES = ["ce", "ce+supcon", "clce-nohnm", "clce"]
+DISPLAY_ORDER = ["frozen", "ce", "supcon", "hscl", "ce+supcon", "clce-nohnm", "clce"]  # rows, bars
 GLYPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glyphs64"
 RESULTS = Path(__file__).parent / "results" / "quality"
 
@@ -240,7 +241,7 @@ def markdown(rows: list[dict], header: str) -> str:
         settings = sorted({k[1] for k in fm}, key=_setting_order)
         lines += ["**Fashion-MNIST low-data transfer**, test top-1 (%)", ""]
         lines += ["| loss | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
-        for loss in [x for x in LOSSES if any(k[2] == x for k in fm)]:
+        for loss in sorted({k[2] for k in fm}, key=_loss_order):
             lines.append(
                 f"| {loss} | " + " | ".join(_cell(fm.get(("fmnist", s, loss))) for s in settings) + " |"
             )
@@ -250,9 +251,7 @@ def markdown(rows: list[dict], header: str) -> str:
         one, five, base = aggregate(gl, "1shot"), aggregate(gl, "5shot"), aggregate(gl, "base_top1")
         lines += ["**Glyph few-shot** on 144 novel classes, 5-way accuracy (%), 15 queries", ""]
         lines += ["| setting | loss | 1-shot | 5-shot | base-class test top-1 |", "|---|---|---:|---:|---:|"]
-        for key in sorted(
-            one, key=lambda k: (_setting_order(k[1]), LOSSES.index(k[2]) if k[2] in LOSSES else -1)
-        ):
+        for key in sorted(one, key=lambda k: (_setting_order(k[1]), _loss_order(k[2]))):
             lines.append(
                 f"| {key[1]} | {key[2]} | {_cell(one[key])} | {_cell(five.get(key))} | {_cell(base.get(key))} |"
             )
@@ -278,7 +277,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (title, stats) in zip(axes[0], panels, strict=True):
         settings = sorted({k[1] for k in stats}, key=_setting_order)
-        losses = [x for x in ["frozen", *LOSSES] if any(k[2] == x for k in stats)]
+        losses = sorted({k[2] for k in stats}, key=_loss_order)
         width = 0.8 / len(losses)
         for j, loss in enumerate(losses):
             points = [
@@ -292,16 +291,24 @@ def plot(rows: list[dict], path: Path) -> None:
                 width,
                 yerr=[stat[1] if np.isfinite(stat[1]) else 0.0 for _, stat in points],
                 capsize=3,
-                color=f"C{j}",
+                color=f"C{_loss_order(loss)[0]}",  # one colour per loss in every panel
                 label=loss,
             )
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))], settings)
+        ax.set_xticks(
+            [i + 0.4 - width / 2 for i in range(len(settings))],
+            [s.replace(" balanced", "\nbalanced").replace(" random", "\nrandom") for s in settings],
+        )
         ax.set_title(title)
         ax.set_ylim(bottom=max(0, min(v[0] for v in stats.values()) - 10))
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _loss_order(loss: str) -> tuple[int, str]:
+    """The frozen floor, the baselines, then CLCE; unknown names last, alphabetically."""
+    return (DISPLAY_ORDER.index(loss) if loss in DISPLAY_ORDER else len(DISPLAY_ORDER), loss)
 
 
 def _setting_order(setting: str) -> tuple[int, float, str]:
