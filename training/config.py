@@ -85,6 +85,11 @@ class RunConfig:
         "statistics (as DDP does per process): models without BatchNorm, or with it in eval mode, get "
         "the identical gradient (none = one pass)",
     )
+    channels_last: bool = _opt(
+        True,
+        "keep images and convolution weights channels-last (NHWC): EfficientNet steps ran about 1.5× "
+        "faster on the CPU this way (same maths up to float rounding); --no-channels-last for NCHW",
+    )
     # --- optimisation
     epochs: int = _opt(10, "training epochs")
     optimizer: str = _opt("adamw", "optimizer", choices=["adamw", "sgd"])

@@ -54,6 +54,7 @@ class StepContext:
     ema: nn.Module | None = None  # timm ModelEmaV3, updated from the unwrapped model
     world_size: int = 1  # > 1: `model` is DDP-wrapped and the loss sees every rank's rows
     chunk_size: int | None = None  # rows per chunk for gradient caching; None: one pass
+    memory_format: torch.memory_format = torch.preserve_format  # channels_last with --channels-last
 
     @property
     def module(self) -> nn.Module:
@@ -126,7 +127,7 @@ def train_step(ctx: StepContext, images: Tensor, labels: Tensor) -> LossOutput:
     With ``ctx.chunk_size`` the forward and backward go through gradient caching (same gradient,
     memory of one chunk); with ``ctx.world_size > 1`` the loss sees every rank's rows.
     """
-    images = images.to(ctx.device, non_blocking=True)
+    images = images.to(ctx.device, non_blocking=True, memory_format=ctx.memory_format)
     labels = labels.to(ctx.device, non_blocking=True)
     probe_only = ctx.loss_fn.probe_only
     ctx.optimizer.zero_grad(set_to_none=True)
@@ -228,13 +229,14 @@ def evaluate(
     keep_embeddings: bool = False,
     desc: str = "eval",
     show_progress: bool = True,
+    memory_format: torch.memory_format = torch.preserve_format,
 ) -> EvalResult:
     """Top-1/top-5 of ``model`` over ``loader`` (one view per image, the eval transform)."""
     model.eval()
     logits_all, targets_all, emb_all = [], [], []
     for images, labels in tqdm(loader, desc=desc, disable=not show_progress, leave=False, dynamic_ncols=True):
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            embeddings, logits = model(images.to(device, non_blocking=True))
+            embeddings, logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
         logits_all.append(logits.float().cpu().numpy())
         targets_all.append(labels.numpy())
         if keep_embeddings:

@@ -66,6 +66,7 @@ RESUME_OVERRIDABLE = {
     "val_per_class",
     "test_per_class",
     "chunk_size",  # the same gradient (BatchNorm aside, see --help): fit the memory you have now
+    "channels_last",  # a memory layout: the same maths up to float rounding
 }
 
 
@@ -225,7 +226,10 @@ class Run:
                 take_per_class(self.data.test.targets, cfg.test_per_class, 0)
             )
         log.info("%s", self.data.describe())
-        self.model = build_model(cfg, self.data.num_classes, pretrained).to(self.device)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.model = build_model(cfg, self.data.num_classes, pretrained).to(
+            self.device, memory_format=self.memory_format
+        )
         self.loaders = build_loaders(cfg, self.data, self.loss_fn.views, self.device, self.world)
 
         steps_per_epoch = len(self.loaders["train"])
@@ -242,7 +246,8 @@ class Run:
                 groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True
             )
         else:
-            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+            # fused: one kernel for all parameters (CPU and CUDA), about 4× faster than the per-tensor loop
+            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
         total = steps_per_epoch * cfg.epochs
         warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
@@ -276,6 +281,7 @@ class Run:
             ema,
             world_size=self.world.world_size,
             chunk_size=cfg.chunk_size,
+            memory_format=self.memory_format,
         )
         self.epoch = 0
         self.global_step = 0
@@ -401,6 +407,7 @@ class Run:
             self.ctx.amp_dtype,
             desc="val",
             show_progress=self.show_progress,
+            memory_format=self.memory_format,
         )
         self.epoch += 1
         metrics = {"epoch": self.epoch, **train, "val_top1": val.top1, "val_top5": val.top5}
@@ -452,6 +459,7 @@ class Run:
             self.ctx.amp_dtype,
             desc="test",
             show_progress=self.show_progress,
+            memory_format=self.memory_format,
         )
         final = {"best_epoch": best["epoch"], "test_top1": test.top1, "test_top5": test.top5}
         with open(self.out / "metrics.jsonl", "a") as f:

@@ -208,3 +208,28 @@ def test_chunk_size_matches_the_one_pass_run(data_dir: Path, tmp_path: Path) -> 
     assert runs["chunked"]["config"]["chunk_size"] == 8 and runs["plain"]["config"]["chunk_size"] is None
     first = json.loads((tmp_path / "chunked" / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(first["train_loss"]) and first["train_contrastive"] > 0
+
+
+def test_channels_last_trains_like_nchw(data_dir: Path, tmp_path: Path) -> None:
+    """--channels-last (the default) is a memory layout: two steps give the NCHW run's losses and
+    predictions up to float rounding (weights are not compared one by one: BatchNorm biases that feed
+    another BatchNorm have a zero gradient in exact maths, ~1e-7 of rounding noise here, which Adam
+    rescales to full-size steps that the next BatchNorm cancels)."""
+    logits = {}
+    for name, flag in (("nhwc", "--channels-last"), ("nchw", "--no-channels-last")):
+        out = tmp_path / name
+        assert finetune.main(_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", flag)) == 0
+        state = load_checkpoint(out / "last.pt")
+        assert state["config"]["channels_last"] is (name == "nhwc")
+        conv = next(v for v in state["model"].values() if v.dim() == 4 and v.shape[-1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) is (name == "nhwc")
+        model, _ = model_from_checkpoint(out / "last.pt")  # a fresh NCHW model loads either
+        with torch.no_grad():
+            logits[name] = model.eval()(
+                torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+            )[1]
+        logits[f"{name} loss"] = torch.tensor(
+            json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+        )
+    torch.testing.assert_close(logits["nhwc loss"], logits["nchw loss"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits["nhwc"], logits["nchw"], rtol=1e-3, atol=1e-3)
