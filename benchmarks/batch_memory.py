@@ -27,7 +27,6 @@ import contextlib
 import ctypes
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
 from training.engine import StepContext, param_groups, resolve_amp, train_step, warmup_cosine
-from training.sysinfo import machine_line
+from training.sysinfo import load_average, machine_line
 
 MIB = 2**20
 
@@ -211,16 +210,7 @@ def machine(device: torch.device, threads: int = 0) -> str:
     text = machine_line(f"device {device}")
     if threads:
         text += f"; the measured processes use {threads} thread(s)"
-    if device.type == "cuda":
-        text += f" ({torch.cuda.get_device_name(device)})"
     return text
-
-
-def _load() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -238,7 +228,7 @@ def run(args: argparse.Namespace) -> dict:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "max_rss_gb": args.max_rss_gb,
-        "load_before": _load(),
+        "load_before": load_average(),
         "runs": [],
     }
     last: dict[int | None, dict | None] = {None: None, args.chunk_size: None}
@@ -258,7 +248,7 @@ def run(args: argparse.Namespace) -> dict:
             what = row.get("skipped") or f"{row['step_s']:.1f} s, peak +{row['step_peak_mib']:.0f} MiB"
             print(f"{images} images, chunk {chunk or '-'}: {what}", file=sys.stderr)
     results["wall_s"] = time.perf_counter() - start
-    results["load_after"] = _load()
+    results["load_after"] = load_average()
     return results
 
 

@@ -29,7 +29,6 @@ import copy
 import ctypes
 import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
 from training.engine import StepContext, param_groups, resolve_amp, train_step, warmup_cosine
-from training.sysinfo import machine_line, publish
+from training.sysinfo import load_average, machine_line, publish
 
 
 @dataclass(frozen=True)
@@ -178,25 +177,11 @@ def peak_memory(
 
 
 # ------------------------------------------------------------------------------------------------ run
-def machine(device: torch.device) -> str:
-    text = machine_line(f"device {device}")
-    if device.type == "cuda":
-        text += f" ({torch.cuda.get_device_name(device)})"
-    return text
-
-
-def _load() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     amp_dtype = resolve_amp(args.amp, device)
     results: dict = {
-        "machine": machine(device),
+        "machine": machine_line(f"device {device}"),
         "device": str(device),
         "model": args.model,
         "batch_images": args.batch_size,
@@ -206,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
         "amp": str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
         "warmup": args.warmup,
         "repeats": args.repeats,
-        "load_before": _load(),
+        "load_before": load_average(),
         "configs": {},
     }
     images, labels = make_batch(args.batch_size, args.img_size, args.num_classes, args.per_class, args.seed)
@@ -222,7 +207,7 @@ def run(args: argparse.Namespace) -> dict:
         for name, ctx in ctxs.items():
             times[name].append(time_step(ctx, *batches[name]))
         print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
-    results["load_after_timing"] = _load()
+    results["load_after_timing"] = load_average()
 
     for c in CONFIGS:
         t = times[c.name]
@@ -244,7 +229,7 @@ def run(args: argparse.Namespace) -> dict:
             row[key + "_paired"] = statistics.median(
                 a / b for a, b in zip(times[c.name], times[ref], strict=True)
             )
-    results["load_after"] = _load()
+    results["load_after"] = load_average()
     return results
 
 

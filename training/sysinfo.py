@@ -36,6 +36,14 @@ def machine_line(*extra: str, threads: int | None = None) -> str:
     return ", ".join([*parts, *extra])
 
 
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages (empty where the OS has none), for timing tables."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
 def publish(results: dict, output: Path, table: str) -> None:
     """Write a benchmark's JSON to ``output`` and print its Markdown table (the benchmarks' last step)."""
     import json
