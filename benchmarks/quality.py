@@ -99,6 +99,27 @@ def per_class(recipe: Recipe, composition: str) -> int:
     return recipe.per_class if composition == "balanced" else 0
 
 
+def run_config(
+    recipe: Recipe, composition: str, loss: str, seed: int, batch_size: int, epochs: int, **suite: Any
+) -> RunConfig:
+    """One run of the shared recipe; ``suite`` holds what a suite sets itself (data, warm-up, output)."""
+    return RunConfig(
+        img_size=recipe.img_size,
+        batch_size=batch_size,
+        per_class=per_class(recipe, composition),
+        epochs=epochs,
+        lr=recipe.lr,
+        head_lr=recipe.head_lr,
+        lam=recipe.lam,
+        tau=recipe.tau,
+        loss=loss,
+        seed=seed,
+        workers=recipe.workers,
+        **suite,
+        **recipe.extra,
+    )
+
+
 def fmnist_runs(
     recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], ks: list[int], work: Path
 ) -> list[dict]:
@@ -109,26 +130,15 @@ def fmnist_runs(
         epochs = max(1, round(recipe.fmnist_steps / batches_per_epoch))
         for seed in seeds:
             for composition, loss in runs:
-                cfg = RunConfig(
+                cfg = run_config(
+                    recipe, composition, loss, seed, batch_size, epochs,
                     dataset="fashion-mnist",
                     train_per_class=k,
                     val_per_class=5,
                     test_per_class=recipe.fmnist_test_per_class,
-                    img_size=recipe.img_size,
-                    batch_size=batch_size,
-                    per_class=per_class(recipe, composition),
-                    epochs=epochs,
-                    lr=recipe.lr,
-                    head_lr=recipe.head_lr,
-                    lam=recipe.lam,
-                    tau=recipe.tau,
-                    loss=loss,
-                    seed=seed,
-                    workers=recipe.workers,
                     warmup_epochs=0.1 * epochs,
                     output=str(work / f"fmnist-k{k}-{composition}-{loss}-s{seed}"),
-                    **recipe.extra,
-                )
+                )  # fmt: skip
                 _, final, seconds = finetune(cfg)
                 rows.append(
                     {"suite": "fmnist", "setting": f"K={k} {composition}", "loss": loss, "seed": seed,
@@ -162,25 +172,14 @@ def glyph_runs(
     for batch_size in batch_sizes or [recipe.batch_size]:
         for seed in seeds:
             for composition, loss in runs:
-                cfg = RunConfig(
+                cfg = run_config(
+                    recipe, composition, loss, seed, batch_size, recipe.glyph_epochs,
                     dataset="imagefolder",
                     data_dir=str(GLYPHS / "base"),
-                    img_size=recipe.img_size,
                     hflip=0.0,  # mirroring changes a character
-                    batch_size=batch_size,
-                    per_class=per_class(recipe, composition),
-                    epochs=recipe.glyph_epochs,
-                    lr=recipe.lr,
-                    head_lr=recipe.head_lr,
-                    lam=recipe.lam,
-                    tau=recipe.tau,
-                    loss=loss,
-                    seed=seed,
-                    workers=recipe.workers,
                     warmup_epochs=0.25,
                     output=str(work / f"glyphs-b{batch_size}-{composition}-{loss}-s{seed}"),
-                    **recipe.extra,
-                )
+                )  # fmt: skip
                 run, final, seconds = finetune(cfg)  # run.eval_model holds best.pt's weights after fit
                 emb = embed_images(
                     run.eval_model,
