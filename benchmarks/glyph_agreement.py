@@ -46,15 +46,13 @@ def class_agreement(reference: np.ndarray, rendered: np.ndarray, near: int) -> d
 
     Args:
         reference: (R, 64, 64) uint8, the reference class.
-        rendered: (N, 64, 64) uint8, the same class rendered.
+        rendered: (N, 64, 64) uint8, N ≥ 1, the same class rendered.
         near: the largest absolute difference that still counts as near.
 
     Returns:
         ``reference``, ``identical``, ``same_index`` (identical at the same ``NN``), ``near`` (counts)
-        and ``mad`` (mean absolute difference over the R matched pairs; NaN when nothing is rendered).
+        and ``mad`` (mean absolute difference over the R matched pairs).
     """
-    if len(rendered) == 0:
-        return {"reference": len(reference), "identical": 0, "same_index": 0, "near": 0, "mad": float("nan")}
     diff = np.abs(reference[:, None].astype(np.int16) - rendered[None].astype(np.int16))  # (R, N, 64, 64)
     mad = diff.mean(axis=(2, 3))  # (R, N)
     best = mad.argmin(axis=1)  # (R,)
@@ -71,14 +69,14 @@ def class_agreement(reference: np.ndarray, rendered: np.ndarray, near: int) -> d
 
 
 def compare(rendered: Path, reference: Path, near: int) -> dict[str, dict[str, float]]:
-    """:func:`class_agreement` for every class of the class lists that the reference has, by class name."""
+    """:func:`class_agreement` for every class of the class lists that both sets have, by class name."""
     return {
         name: class_agreement(
             read_class(reference / folder / name), read_class(rendered / folder / name), near
         )
         for folder, names in load_classes().items()
         for name in names
-        if (reference / folder / name).is_dir()
+        if (reference / folder / name).is_dir() and any((rendered / folder / name).glob("*.png"))
     }
 
 
@@ -155,7 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "compare":
         per_class = compare(args.rendered, args.reference, args.near)
+        if not per_class:
+            print(f"error: {args.rendered} and {args.reference} have no class in common", file=sys.stderr)
+            return 2
         print(table(per_class, args.near))
+        if skipped := sum(1 for _ in args.reference.glob("*/*/")) - len(per_class):
+            print(f"{skipped} classes of the reference have no rendered images and are left out")
         if args.output:
             args.output.write_text(json.dumps({"near": args.near, "classes": per_class}, indent=1) + "\n")
         return 0

@@ -273,10 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(
             f"no font under {args.fonts_dir} covers {len(bare)} classes ({listed}); install the fonts: {APT_COMMAND}"
         )
+    try:
+        manifest = Manifest.load(args.manifest, fonts)
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        return fail(
+            f"{args.manifest} is not a font manifest ({exc!r}); rewrite it with python -m benchmarks.glyph_agreement infer"
+        )
     start = time.perf_counter()
-    renders = render_set(
-        output, args.fonts_dir, fonts, Manifest.load(args.manifest, fonts), classes, args.per_class
-    )
+    renders = render_set(output, args.fonts_dir, fonts, manifest, classes, args.per_class)
     short = [r for r in renders if len(r.images) < args.per_class]
     for r in short:
         log.warning(
