@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -127,29 +126,19 @@ def _export_standin(model: Any, labels: list[str], dest: Path) -> Path:
         )
     import onnx
 
-    card = {
-        "schema_version": 1,
-        "model_name": "tf_efficientnet_lite0",
-        "labels": labels,
-        "embedding_dim": model.embedding_dim,
-        "input_size": list(cfg["input_size"]),
-        "interpolation": cfg["interpolation"],
-        "crop_pct": cfg["crop_pct"],
-        "crop_mode": cfg.get("crop_mode", "center"),
-        "mean": list(cfg["mean"]),
-        "std": list(cfg["std"]),
-        "loss": {"name": "ce", "lam": 0.0, "tau": None},
-        "metrics": {},
-        "opset": 17,
-        "versions": {"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__},
-        "files": {
-            name: hashlib.sha256((dest / name).read_bytes()).hexdigest()
-            for name in ("encoder.onnx", "head.onnx")
-        },
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "note": "stand-in export written by benchmarks/serving_load.py (packaged ImageNet weights, no fine-tuning)",
-    }
-    (dest / "model.json").write_text(json.dumps(card, indent=1))
+    from clce_core.export_folder import ModelCard, write_card
+
+    card = ModelCard.from_data_config(
+        cfg,
+        model_name="tf_efficientnet_lite0",
+        labels=labels,
+        embedding_dim=model.embedding_dim,
+        loss={"name": "ce", "lam": 0.0, "tau": None},
+        opset=17,
+        versions={"torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__},
+        extras={"note": "stand-in export written by benchmarks/serving_load.py (packaged ImageNet weights)"},
+    )
+    write_card(dest, card)
     return dest
 
 
@@ -365,11 +354,11 @@ def direct_throughput(
     model_dir: Path, images: list[tuple[str, bytes]], batch: int, device: str, seconds: float = 5.0
 ) -> dict:
     """images/s of the encoder + head sessions on preprocessed inputs of ``batch`` images."""
-    from serving.modelcard import load_model_card
+    from clce_core.export_folder import read_card
     from serving.preprocessing import preprocess
-    from serving.runtime import ModelRuntime
+    from serving.sessions import ModelRuntime
 
-    card = load_model_card(model_dir)
+    card = read_card(model_dir)
     runtime = ModelRuntime(card, device)
     pixels = [preprocess(data, name, card.preprocess) for name, data in images]
     x = np.stack([pixels[i % len(pixels)] for i in range(batch)])  # (B, 3, H, W)
@@ -430,13 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args(argv)
 
+    from clce_core.export_folder import read_card
+
     run_deadline = time.monotonic() + args.time_limit
     images = load_jpegs(args.images)
     settings = [("on", args.max_batch, args.max_wait_ms), ("off", 1, 0.0)]
     results: list[dict] = []
     direct: list[dict] = []
     with model_folder(args.model_dir, args.export_to) as model_dir:
-        card = json.loads((model_dir / "model.json").read_text())
+        card = read_card(model_dir).raw
         for name, max_batch, max_wait in settings:
             if time.monotonic() > run_deadline:
                 print(f"time limit reached: batching {name} left out", flush=True)

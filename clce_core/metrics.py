@@ -1,4 +1,4 @@
-"""Classification and embedding-quality metrics: top-k, confusion matrix, isotropy (paper Eq. 4).
+"""Classification and embedding-quality metrics: softmax, top-k, confusion matrix, isotropy (paper Eq. 4).
 
 NUMPY ONLY: the serving image imports this module without torch (a test pins it). Accuracies are
 percentages, 0-100.
@@ -25,6 +25,20 @@ def _int_vector(x: npt.ArrayLike, name: str, num_classes: int | None = None) -> 
         bad = v[(v < 0) | (v >= num_classes)][0]
         raise ValueError(f"{name} holds class index {bad}, outside 0..{num_classes - 1}")
     return v
+
+
+def softmax(logits: npt.ArrayLike) -> np.ndarray:
+    """Row-wise softmax of ``(N, C)`` logits in float64, the maximum subtracted before ``exp``.
+
+    Returns:
+        ``(N, C)`` float64 probabilities; every row sums to 1.
+    """
+    z = np.array(logits, dtype=np.float64)  # a copy: the caller's logits stay as they are
+    if z.ndim != 2:
+        raise ValueError(f"logits must be a (N, C) array, got shape {z.shape}")
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def topk_accuracy(

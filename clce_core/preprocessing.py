@@ -1,11 +1,12 @@
 """Images in, network input out: the one loading rule and the eval transform, in numpy and Pillow only.
 
-No torch and no web framework, so training (datasets, ``training.predict``) and serving share it:
+No torch and no web framework, so training (datasets), the prediction CLI and serving share it:
 
 1. **The loading rule** (CONTRACTS "Images"): apply the EXIF orientation, composite transparency on
    white, convert to RGB (grey repeated to three channels, 16-bit grey scaled to 8 bits).
-   :func:`load_image` opens a path, file object or bytes; :func:`upright_rgb` applies the rule to an
-   image already opened (serving opens and validates uploads itself); :func:`array_to_rgb` converts
+   :func:`load_image` opens a path, file object or bytes (optionally only some formats, and with a
+   pixel limit checked before decoding: serving's upload decoder is built on it);
+   :func:`upright_rgb` applies the rule to an image already opened; :func:`array_to_rgb` converts
    the uint8 arrays of CIFAR / Fashion-MNIST.
 2. **timm's eval transform** of a model (:class:`EvalTransform`, from its model card or timm data
    config), re-implemented without torch. ``transforms_imagenet_eval`` computes
@@ -30,7 +31,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_CROP_PCT",
     "RESAMPLE",
     "EvalTransform",
+    "TooManyPixels",
     "array_to_rgb",
     "center_crop_or_pad",
     "load_image",
@@ -97,15 +99,51 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     return to_rgb(oriented)
 
 
-def load_image(src: str | os.PathLike[str] | BinaryIO | bytes) -> Image.Image:
+class TooManyPixels(ValueError):
+    """An image's header gives more pixels than the caller's limit (it was not decoded).
+
+    Attributes:
+        size: ``(width, height)`` from the header.
+        max_pixels: The limit.
+    """
+
+    def __init__(self, size: tuple[int, int], max_pixels: int) -> None:
+        self.size, self.max_pixels = size, max_pixels
+        w, h = size
+        super().__init__(f"{w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
+
+
+def load_image(
+    src: str | os.PathLike[str] | BinaryIO | bytes,
+    *,
+    formats: Sequence[str] | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
     """Open an image file (path, binary file object or bytes) the one way: EXIF-oriented RGB.
 
+    The decode is complete (a truncated file fails here, not later) and, with ``max_pixels``,
+    bounded: the size is checked from the header before any pixel is decoded.
+
+    Args:
+        src: The file.
+        formats: Pillow format names to accept (e.g. ``("JPEG", "PNG")``); None: any Pillow reads.
+        max_pixels: Most ``width * height`` accepted; None: only Pillow's own decompression-bomb limit.
+
     Raises:
-        PIL.UnidentifiedImageError / OSError: the file is not a readable image.
+        PIL.UnidentifiedImageError: not an image (or not in ``formats``).
+        PIL.Image.DecompressionBombError: beyond Pillow's own limit.
+        TooManyPixels: beyond ``max_pixels``.
+        OSError / ValueError: an unreadable, truncated or corrupt file, or one without pixels.
     """
     if isinstance(src, (bytes, bytearray)):
         src = io.BytesIO(src)
-    with Image.open(src) as image:
+    with Image.open(src, formats=formats) as image:
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise TooManyPixels((width, height), max_pixels)
+        if width < 1 or height < 1:
+            raise ValueError(f"the image has no pixels ({width}x{height})")
+        image.load()
         return upright_rgb(image)
 
 

@@ -11,8 +11,8 @@ import argparse
 import logging
 import sys
 
+from clce_core.export_folder import ExportFolderError, read_card
 from serving.app import SettingsError, create_app, load_settings
-from serving.modelcard import ModelLoadError, load_model_card
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         settings = load_settings(**{k: v for k, v in flags.items() if v is not None})
-        load_model_card(settings.model_dir)  # fail fast, with the message, before uvicorn starts
-    except (SettingsError, ModelLoadError) as e:
+        read_card(settings.model_dir)  # fail fast, with the message, before uvicorn starts
+    except (SettingsError, ExportFolderError) as e:
         print(f"error: {e}", file=sys.stderr)  # noqa: T201  (entry point)
         return 2
 

@@ -20,11 +20,11 @@ from fastapi import Depends, FastAPI
 from pydantic import ValidationError
 
 from clce_core import __version__
+from clce_core.export_folder import ExportFolderError
 from serving.deps import require_api_key
 from serving.errors import describe_validation_errors, install_error_handlers
 from serving.limits import BodyLimitMiddleware
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.modelcard import ModelLoadError
 from serving.routes import fewshot, inference, support_sets, system
 from serving.service import Service
 from serving.settings import Settings
@@ -64,7 +64,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     try:
         service = await Service.start(settings, app.state.metrics)
-    except (ModelLoadError, StoreError) as e:
+    except (ExportFolderError, StoreError) as e:
         logger.error("cannot start: %s", e)
         raise
     app.state.service = service

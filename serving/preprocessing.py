@@ -1,10 +1,10 @@
 """Uploaded bytes -> validated PIL image -> normalised ``(3, H, W)`` float32: the HTTP side of it.
 
-The image rule and the eval transform live in :mod:`clce_core.preprocessing` (numpy and Pillow,
-shared with training). This module adds what an upload needs before them: a non-empty file, a
-format from :data:`ALLOWED_FORMATS`, a pixel limit checked from the header before decoding
-(decompression bombs included), and a complete decode. Every failure raises a
-:mod:`serving.errors` error naming the file (mapped to a 4xx JSON answer), never a bare PIL exception.
+The image rule, its bounded decode and the eval transform live in :mod:`clce_core.preprocessing`
+(numpy and Pillow, shared with training and the prediction CLI). :func:`decode_upload` adds what an
+upload needs around them: a non-empty file, a format from :data:`ALLOWED_FORMATS`, the server's
+pixel limit (decompression bombs included), and a :mod:`serving.errors` error naming the file for
+every failure (mapped to a 4xx JSON answer), never a bare PIL exception.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from clce_core.preprocessing import EvalTransform, upright_rgb
+from clce_core.preprocessing import EvalTransform, TooManyPixels, load_image
 from serving.errors import EmptyFile, ImageTooLarge, InvalidImage, UnsupportedImage
 
 #: Formats the server decodes; anything else Pillow recognises is answered with 415.
@@ -30,8 +30,11 @@ def _sniff_format(data: bytes) -> str | None:
         return None
 
 
-def load_image(data: bytes, filename: str = "image", max_pixels: int = 40_000_000) -> Image.Image:
-    """Decode and validate one uploaded image, then apply the loading rule.
+def decode_upload(data: bytes, filename: str = "image", max_pixels: int = 40_000_000) -> Image.Image:
+    """Validated, bounded decode of one uploaded file, then the loading rule.
+
+    :func:`clce_core.preprocessing.load_image` restricted to :data:`ALLOWED_FORMATS` and
+    ``max_pixels``, with every failure turned into a :mod:`serving.errors` error naming the file.
 
     Args:
         data: The file's bytes.
@@ -39,7 +42,7 @@ def load_image(data: bytes, filename: str = "image", max_pixels: int = 40_000_00
         max_pixels: Most ``width * height`` accepted; checked from the header, before decoding.
 
     Returns:
-        An RGB PIL image, EXIF orientation applied (:func:`clce_core.preprocessing.upright_rgb`).
+        An RGB PIL image, EXIF orientation applied.
 
     Raises:
         EmptyFile, UnsupportedImage (not an image, or a format outside :data:`ALLOWED_FORMATS`),
@@ -50,7 +53,11 @@ def load_image(data: bytes, filename: str = "image", max_pixels: int = 40_000_00
         raise EmptyFile(f"file {filename!r} is empty")
     supported = ", ".join(ALLOWED_FORMATS)
     try:
-        image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        return load_image(data, formats=ALLOWED_FORMATS, max_pixels=max_pixels)
+    except TooManyPixels as e:
+        raise ImageTooLarge(
+            f"file {filename!r} is {e} (CLCE_MAX_IMAGE_PIXELS); send a smaller image"
+        ) from None
     except Image.DecompressionBombError as e:  # Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS)
         raise ImageTooLarge(
             f"file {filename!r} has too many pixels ({e}); the limit is {max_pixels}"
@@ -65,28 +72,11 @@ def load_image(data: bytes, filename: str = "image", max_pixels: int = 40_000_00
             f"file {filename!r} is not an image in a known format; send {supported}"
         ) from None
     except Exception as e:
-        raise InvalidImage(f"file {filename!r} could not be read as an image: {e}") from None
-    with image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLarge(
-                f"file {filename!r} is {width}x{height} = {width * height} pixels, more than the limit of "
-                f"{max_pixels} (CLCE_MAX_IMAGE_PIXELS); send a smaller image"
-            )
-        if width < 1 or height < 1:
-            raise InvalidImage(f"file {filename!r} has no pixels ({width}x{height})")
-        try:
-            image.load()
-        except Exception as e:
-            raise InvalidImage(f"file {filename!r} is truncated or corrupt: {e}") from None
-        try:
-            return upright_rgb(image)
-        except Exception as e:
-            raise InvalidImage(f"file {filename!r} could not be converted to RGB: {e}") from None
+        raise InvalidImage(f"file {filename!r} is truncated or corrupt: {e}") from None
 
 
 def preprocess(
     data: bytes, filename: str, transform: EvalTransform, max_pixels: int = 40_000_000
 ) -> np.ndarray:
-    """Uploaded bytes -> ``(3, H, W)`` float32 network input (see :func:`load_image` for the errors)."""
-    return transform(load_image(data, filename, max_pixels))
+    """Uploaded bytes -> ``(3, H, W)`` float32 network input (see :func:`decode_upload` for the errors)."""
+    return transform(decode_upload(data, filename, max_pixels))

@@ -17,12 +17,13 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from clce_core.export_folder import ModelCard, read_card
+from serving.batching import MicroBatcher
 from serving.errors import LabelsMismatch, MissingField, ServingError, TooManyFiles
 from serving.metrics import Metrics
-from serving.modelcard import ModelCard, load_model_card
 from serving.preprocessing import preprocess
-from serving.runtime import MicroBatcher, ModelRuntime
 from serving.schemas import MAX_LABEL_LENGTH
+from serving.sessions import ModelRuntime
 from serving.settings import Settings
 from serving.store import SupportSetStore
 
@@ -64,9 +65,9 @@ class Service:
         """Load and verify the model, open the store, start the batcher and the warm-up.
 
         Raises:
-            ModelLoadError, StoreError: with a message saying what to fix.
+            ExportFolderError, StoreError: with a message saying what to fix.
         """
-        card = await run_in_threadpool(load_model_card, settings.model_dir)
+        card = await run_in_threadpool(read_card, settings.model_dir)
         runtime = await run_in_threadpool(
             ModelRuntime, card, settings.device, settings.intra_op_threads, settings.intra_op_spinning
         )

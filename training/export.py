@@ -5,8 +5,8 @@
     python -m training.export --checkpoint runs/X/best.pt --output models/X --check-accuracy
 
 Writes ``OUTPUT/encoder.onnx`` (pixel_values (N, 3, H, W) -> embedding (N, D), un-normalised),
-``OUTPUT/head.onnx`` (embedding -> logits (N, C)) and ``OUTPUT/model.json`` (the model card; see
-models/README.md). Before anything lands in OUTPUT, ONNX Runtime (CPU) runs 7 check images (3 random,
+``OUTPUT/head.onnx`` (embedding -> logits (N, C)) and ``OUTPUT/model.json`` (the model card,
+written by ``clce_core.export_folder``; see docs/export.md). Before anything lands in OUTPUT, ONNX Runtime (CPU) runs 7 check images (3 random,
 4 structured) at batch 1 and 7 and must match PyTorch: logits within 1e-4 x max(1, max|logit|) and
 embedding cosine >= 0.9999 (fp32), or 5e-2 x max(1, max|logit|), cosine >= 0.999 and the same top-1
 (--fp16). --check-accuracy (or --dataset/--data-dir) also runs the ONNX model once over the run's
@@ -22,20 +22,29 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from clce_core.export_folder import (
+    CARD_FILE,
+    EMBEDDING,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    HEAD_FILE,
+    LOGITS,
+    ExportFolderError,
+    ModelCard,
+    write_card,
+)
 from clce_core.models import ClassifierModel
 from training.onnx_export import (
     TOLERANCES,
@@ -48,13 +57,10 @@ from training.onnx_export import (
     measure_parity,
     ort_session,
     parity_failures,
-    sha256_file,
     supported_opsets,
 )
 
-SCHEMA_VERSION = 1
 DEFAULT_OPSET = 17
-ENCODER_FILE, HEAD_FILE, CARD_FILE = "encoder.onnx", "head.onnx", "model.json"
 
 
 class ExportError(Exception):
@@ -187,47 +193,26 @@ def _move_into_place(tmp: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: tuples to lists, numpy scalars to Python numbers, NaN and inf to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+def build_card(info: CardInfo, embedding_dim: int, opset: int, precision: str) -> ModelCard:
+    """The model card of an export, before :func:`~clce_core.export_folder.write_card` adds the files' sha256.
 
-
-def build_card(
-    info: CardInfo, embedding_dim: int, opset: int, precision: str, files: dict[str, str]
-) -> dict[str, Any]:
-    """``model.json`` in CONTRACTS order; ``parity`` (and ``accuracy``) are appended after the checks."""
+    Raises:
+        ExportFolderError: labels or preprocessing the card cannot hold (e.g. duplicate labels).
+    """
     import onnx
     import timm
 
-    dc = info.data_config
-    card = {
-        "schema_version": SCHEMA_VERSION,
-        "model_name": info.model_name,
-        "labels": list(info.labels),
-        "embedding_dim": int(embedding_dim),
-        "input_size": [int(v) for v in dc["input_size"]],
-        "interpolation": dc.get("interpolation") or "bilinear",
-        "crop_pct": float(dc.get("crop_pct") or 0.875),
-        "crop_mode": dc.get("crop_mode") or "center",
-        "mean": [float(v) for v in dc["mean"]],
-        "std": [float(v) for v in dc["std"]],
-        "loss": dict(info.loss),
-        "metrics": dict(info.metrics),
-        "opset": int(opset),
-        "precision": precision,
-        "versions": {"torch": str(torch.__version__), "timm": timm.__version__, "onnx": onnx.__version__},
-        "files": files,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    return _plain(card)
+    return ModelCard.from_data_config(
+        info.data_config,
+        model_name=info.model_name,
+        labels=list(info.labels),
+        embedding_dim=int(embedding_dim),
+        loss=dict(info.loss),
+        metrics=dict(info.metrics),
+        opset=int(opset),
+        precision=precision,
+        versions={"torch": str(torch.__version__), "timm": timm.__version__, "onnx": onnx.__version__},
+    )
 
 
 # --------------------------------------------------------------------------------------- the export
@@ -273,14 +258,18 @@ def export_model(
         raise ExportError(f"{len(info.labels)} labels for a head with {model.num_classes} classes")
     c, h, w = (int(v) for v in info.data_config["input_size"])
     precision = "fp16" if fp16 else "fp32"
+    try:
+        card = build_card(info, model.embedding_dim, opset, precision)
+    except ExportFolderError as e:
+        raise ExportError(f"the model card cannot be written: {e}") from None
     tol = TOLERANCES[precision]
     images = check_images(info.data_config) if images is None else images
     with _staging_folder(output) as tmp:
         try:
             images_in, embedding_in = torch.randn(2, c, h, w), torch.randn(2, model.embedding_dim)
             with torch.no_grad():
-                export_onnx(model.encoder, images_in, tmp / ENCODER_FILE, "pixel_values", "embedding", opset)
-                export_onnx(model.head, embedding_in, tmp / HEAD_FILE, "embedding", "logits", opset)
+                export_onnx(model.encoder, images_in, tmp / ENCODER_FILE, ENCODER_INPUT, EMBEDDING, opset)
+                export_onnx(model.head, embedding_in, tmp / HEAD_FILE, EMBEDDING, LOGITS, opset)
             if fp16:
                 convert_to_fp16(tmp / ENCODER_FILE)
                 convert_to_fp16(tmp / HEAD_FILE)
@@ -297,23 +286,24 @@ def export_model(
         failures = parity_failures(parity, tol)
         if failures:
             raise ParityError(f"the {precision} export does not match PyTorch: {'; '.join(failures)}")
-        files = {name: sha256_file(tmp / name) for name in (ENCODER_FILE, HEAD_FILE)}
-        card = build_card(info, model.embedding_dim, opset, precision, files)
-        card["parity"] = _plain(parity)
+        extras: dict[str, Any] = {"parity": parity}
         if accuracy_loader is not None:
             accuracy = evaluate_accuracy(model, encoder, head, accuracy_loader)
-            card["accuracy"] = _plain(accuracy)
+            extras["accuracy"] = accuracy
             if not abs(accuracy["onnx_top1"] - accuracy["torch_top1"]) <= tol.top1_points:
                 raise ParityError(
                     f"ONNX top-1 {accuracy['onnx_top1']:.2f}% vs PyTorch {accuracy['torch_top1']:.2f}% on "
                     f"{accuracy['images']} images differs by more than {tol.top1_points} points"
                 )
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, allow_nan=False) + "\n")
+        try:
+            card = write_card(tmp, replace(card, extras=extras))
+        except OSError as e:
+            raise ExportError(f"cannot write to {output}: {e.strerror or e}") from None
         try:
             _move_into_place(tmp, output)
         except OSError as e:
             raise ExportError(f"cannot move the export into {output}: {e.strerror or e}") from None
-    return ExportResult(output, card)
+    return ExportResult(output, card.raw)
 
 
 # --------------------------------------------------------------------------------------- the CLI

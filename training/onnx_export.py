@@ -22,7 +22,6 @@ tolerance (a tie at the precision promised; it is reported as such).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Iterable
@@ -68,15 +67,6 @@ def supported_opsets() -> tuple[int, int]:
         return int(_constants.ONNX_MIN_OPSET), int(_constants.ONNX_MAX_OPSET)
     except (ImportError, AttributeError):  # the private module moved: the range every torch 2.x has
         return 7, 20
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file (of ``encoder.onnx``: the model's identity)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ConversionError(Exception):

@@ -6,6 +6,7 @@ import numpy as np
 from fastapi import APIRouter
 
 from clce_core.fewshot import l2_normalize
+from clce_core.metrics import softmax
 from serving.deps import ServiceDep
 from serving.schemas import (
     ERROR_RESPONSES,
@@ -18,14 +19,6 @@ from serving.schemas import (
 )
 
 router = APIRouter(tags=["inference"], responses=ERROR_RESPONSES)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of ``(N, C)`` logits, in float64."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 @router.post("/classify", response_model=ClassifyResponse, summary="Classify images with the trained head")

@@ -9,9 +9,7 @@ it back (times 4) to logits over ``red, green, blue``. A pure red image is there
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -26,6 +24,15 @@ from fastapi.testclient import TestClient
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from clce_core.export_folder import (
+    EMBEDDING,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    HEAD_FILE,
+    LOGITS,
+    ModelCard,
+    write_card,
+)
 from serving.app import create_app
 from serving.settings import Settings
 
@@ -35,11 +42,10 @@ INPUT_SIZE = (3, 32, 32)
 COLORS = {"red": (230, 20, 20), "green": (20, 200, 30), "blue": (25, 30, 220), "grey": (128, 128, 128)}
 
 
-def _save(model: onnx.ModelProto, path: Path) -> str:
+def _save(model: onnx.ModelProto, path: Path) -> None:
     model.ir_version = 8
     onnx.checker.check_model(model)
     path.write_bytes(model.SerializeToString())
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def make_export(
@@ -50,7 +56,10 @@ def make_export(
     input_size: tuple[int, int, int] = INPUT_SIZE,
     **card: Any,
 ) -> Path:
-    """Write encoder.onnx, head.onnx and model.json (with their sha256) into ``folder``."""
+    """Write encoder.onnx, head.onnx and model.json (``write_card``: with their sha256) into ``folder``.
+
+    ``card`` overrides :class:`~clce_core.export_folder.ModelCard` fields.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.standard_normal((dim, 3)))  # (D, 3) orthonormal columns
@@ -63,12 +72,12 @@ def make_export(
     encoder = helper.make_model(
         helper.make_graph(
             [
-                helper.make_node("ReduceMean", ["pixel_values"], ["pooled"], axes=[2, 3], keepdims=0),
-                helper.make_node("MatMul", ["pooled", "w_enc"], ["embedding"]),
+                helper.make_node("ReduceMean", [ENCODER_INPUT], ["pooled"], axes=[2, 3], keepdims=0),
+                helper.make_node("MatMul", ["pooled", "w_enc"], [EMBEDDING]),
             ],
             "tiny_encoder",
-            [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, h, w])],
-            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
+            [helper.make_tensor_value_info(ENCODER_INPUT, TensorProto.FLOAT, ["N", 3, h, w])],
+            [helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["N", dim])],
             [numpy_helper.from_array(w_enc, "w_enc")],
         ),
         opset_imports=[helper.make_opsetid("", 17)],
@@ -76,40 +85,33 @@ def make_export(
     head = helper.make_model(
         helper.make_graph(
             [
-                helper.make_node("MatMul", ["embedding", "w_head"], ["scores"]),
-                helper.make_node("Add", ["scores", "b_head"], ["logits"]),
+                helper.make_node("MatMul", [EMBEDDING, "w_head"], ["scores"]),
+                helper.make_node("Add", ["scores", "b_head"], [LOGITS]),
             ],
             "tiny_head",
-            [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", dim])],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", len(labels)])],
+            [helper.make_tensor_value_info(EMBEDDING, TensorProto.FLOAT, ["N", dim])],
+            [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["N", len(labels)])],
             [numpy_helper.from_array(w_head, "w_head"), numpy_helper.from_array(b_head, "b_head")],
         ),
         opset_imports=[helper.make_opsetid("", 17)],
     )
-    files = {
-        "encoder.onnx": _save(encoder, folder / "encoder.onnx"),
-        "head.onnx": _save(head, folder / "head.onnx"),
-    }
-    model_card = {
-        "schema_version": 1,
+    _save(encoder, folder / ENCODER_FILE)
+    _save(head, folder / HEAD_FILE)
+    fields: dict[str, Any] = {
         "model_name": "tiny_test_encoder",
         "labels": list(labels),
         "embedding_dim": dim,
-        "input_size": list(input_size),
+        "input_size": input_size,
         "interpolation": "bicubic",
-        "crop_pct": 0.875,
-        "crop_mode": "center",
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "mean": (0.485, 0.456, 0.406),
+        "std": (0.229, 0.224, 0.225),
         "loss": {"name": "clce", "lam": 0.9, "tau": 0.5},
         "metrics": {"test_top1": 99.0},
         "opset": 17,
         "versions": {"onnx": onnx.__version__},
-        "files": files,
         "created": "2025-01-01T00:00:00+00:00",
-        **card,
     }
-    (folder / "model.json").write_text(json.dumps(model_card, indent=2))
+    write_card(folder, ModelCard(**{**fields, **card}))
     return folder
 
 

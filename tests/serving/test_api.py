@@ -161,7 +161,7 @@ def test_not_ready_until_warmed_up(
 ) -> None:
     import threading
 
-    from serving.runtime import ModelRuntime
+    from serving.sessions import ModelRuntime
 
     gate = threading.Event()
     original = ModelRuntime.warmup

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from serving.app import create_app
+from serving.batching import MicroBatcher
 from serving.metrics import Metrics
-from serving.runtime import MicroBatcher
 from serving.settings import Settings
 from tests.serving.conftest import COLORS, assert_error, files, histogram, image_bytes, running
 

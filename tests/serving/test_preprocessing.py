@@ -11,7 +11,7 @@ from PIL import Image
 
 import clce_core.preprocessing as core
 from serving.errors import EmptyFile, ImageTooLarge, InvalidImage, UnsupportedImage
-from serving.preprocessing import load_image, preprocess
+from serving.preprocessing import decode_upload, preprocess
 from tests.core.test_preprocessing import MAKERS, _encode, _exif_jpeg, _grey, _rgb
 
 
@@ -19,21 +19,21 @@ def test_same_loading_rule_as_training() -> None:
     # training.data reads files with clce_core.preprocessing.load_image (tests/training/test_images.py)
     for kind, make in MAKERS.items():
         raw = make(37, 23)
-        ours, theirs = load_image(raw), core.load_image(raw)
+        ours, theirs = decode_upload(raw), core.load_image(raw)
         assert ours.mode == theirs.mode == "RGB", kind
         assert np.array_equal(np.asarray(ours), np.asarray(theirs)), kind
 
 
 def test_loading_rule_details() -> None:
-    exif = load_image(_exif_jpeg(40, 20))
+    exif = decode_upload(_exif_jpeg(40, 20))
     assert exif.size == (20, 40)  # orientation 6 applied: width and height swap
     transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
-    assert np.asarray(load_image(_encode(transparent, "PNG"))).tolist()[0][0] == [255, 255, 255]
-    grey = load_image(_grey(8, 8))
+    assert np.asarray(decode_upload(_encode(transparent, "PNG"))).tolist()[0][0] == [255, 255, 255]
+    grey = decode_upload(_grey(8, 8))
     arr = np.asarray(grey)
     assert np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2])
     sixteen = Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16))
-    assert np.asarray(load_image(_encode(sixteen, "PNG"))).max() == 255
+    assert np.asarray(decode_upload(_encode(sixteen, "PNG"))).max() == 255
 
 
 def test_output_is_nchw_ready() -> None:
@@ -55,7 +55,7 @@ def test_output_is_nchw_ready() -> None:
 )
 def test_bad_bytes_raise_named_errors(data: bytes, error: type[Exception], words: list[str]) -> None:
     with pytest.raises(error) as info:
-        load_image(data, "x.img", max_pixels=50_000)
+        decode_upload(data, "x.img", max_pixels=50_000)
     for word in words:
         assert word in str(info.value)
     assert "x.img" in str(info.value)
@@ -64,7 +64,7 @@ def test_bad_bytes_raise_named_errors(data: bytes, error: type[Exception], words
 def test_decompression_bomb_beyond_pillows_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow raises above twice this
     with pytest.raises(ImageTooLarge, match="too many pixels"):
-        load_image(_encode(Image.new("L", (100, 100)), "PNG"), "bomb.png", max_pixels=10**9)
+        decode_upload(_encode(Image.new("L", (100, 100)), "PNG"), "bomb.png", max_pixels=10**9)
 
 
 def test_every_crop_mode_of_the_shared_transform_is_served() -> None:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from clce_core.export_folder import ExportFolderError, read_card
 from serving.app import create_app
-from serving.modelcard import ModelLoadError, load_model_card
 from serving.settings import Settings
 from serving.store import StoreError, SupportSetStore
 from tests.serving.conftest import DIM, assert_error, files, image_bytes, make_export, wait_ready
@@ -98,11 +98,11 @@ def test_altered_encoder_refuses_to_start(
     with open(bad / "encoder.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(
-        ModelLoadError, match=r"encoder.onnx has sha256 .* but model.json records .*Refusing to start"
+        ExportFolderError, match=r"encoder.onnx has sha256 .* but model.json records .*Refusing to start"
     ):
-        load_model_card(bad)
+        read_card(bad)
     with (
-        pytest.raises(ModelLoadError, match="Refusing to start"),
+        pytest.raises(ExportFolderError, match="Refusing to start"),
         TestClient(create_app(make_settings(model_dir=bad))),
     ):
         pass
@@ -111,8 +111,8 @@ def test_altered_encoder_refuses_to_start(
 def test_swapped_head_refuses_to_start(model_dir: Path, other_model_dir: Path, tmp_path: Path) -> None:
     bad = _copy(model_dir, tmp_path)
     shutil.copy(other_model_dir / "head.onnx", bad / "head.onnx")
-    with pytest.raises(ModelLoadError, match="head.onnx has sha256"):
-        load_model_card(bad)
+    with pytest.raises(ExportFolderError, match="head.onnx has sha256"):
+        read_card(bad)
 
 
 @pytest.mark.parametrize(
@@ -132,8 +132,8 @@ def test_broken_export_folders_are_named(
 ) -> None:
     bad = _copy(model_dir, tmp_path)
     change(bad)
-    with pytest.raises(ModelLoadError, match=words.replace("(", r"\(")):
-        load_model_card(bad)
+    with pytest.raises(ExportFolderError, match=words.replace("(", r"\(")):
+        read_card(bad)
 
 
 def _edit(folder: Path, **fields: object) -> None:
@@ -148,14 +148,14 @@ def test_card_that_disagrees_with_the_onnx_files(
     folder = make_export(tmp_path / "m", labels=("a", "b", "c", "d"))
     _edit(folder, labels=["a", "b", "c"])  # head has 4 outputs
     with (
-        pytest.raises(ModelLoadError, match="head output has shape .* lists 3 labels"),
+        pytest.raises(ExportFolderError, match="head output has shape .* lists 3 labels"),
         TestClient(create_app(make_settings(model_dir=folder))),
     ):
         pass
     folder2 = make_export(tmp_path / "m2", input_size=(3, 32, 32))
     _edit(folder2, input_size=[3, 40, 40])
     with (
-        pytest.raises(ModelLoadError, match="height 32 but model.json input_size says 40"),
+        pytest.raises(ExportFolderError, match="height 32 but model.json input_size says 40"),
         TestClient(create_app(make_settings(model_dir=folder2))),
     ):
         pass

@@ -1,7 +1,6 @@
-"""ONNX Runtime sessions and micro-batching.
+"""Micro-batching: the images of concurrent requests merged into one ONNX Runtime call.
 
-:class:`ModelRuntime` owns ONE ``InferenceSession`` per ONNX file (encoder and head), shared by
-every request. :class:`MicroBatcher` merges the images of concurrent requests into one call:
+:class:`MicroBatcher` sits between the routes and :meth:`serving.sessions.ModelRuntime.run`:
 
 - a request's images enter a queue (one entry per image) only if they all fit under ``max_queue``
   images; otherwise :class:`~serving.errors.QueueFull` (429 with ``Retry-After``), so memory and
@@ -32,134 +31,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnxruntime as ort
 
 from serving.errors import NotReady, QueueFull
 from serving.metrics import Metrics
-from serving.modelcard import ModelCard, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-CUDA_PROVIDER = "CUDAExecutionProvider"
-CPU_PROVIDER = "CPUExecutionProvider"
-
 #: ``run(pixel_values (N, 3, H, W)) -> (embedding (N, D), logits (N, C))``
 RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-def _providers(device: str) -> list[str | tuple[str, dict[str, str]]]:
-    if device != "cuda":
-        return [CPU_PROVIDER]
-    if CUDA_PROVIDER not in ort.get_available_providers():
-        logger.error(
-            "CLCE_DEVICE=cuda but this onnxruntime build has no %s (available: %s); install "
-            "onnxruntime-gpu instead of onnxruntime. Running on the CPU; /health/ready reports not ready.",
-            CUDA_PROVIDER,
-            ", ".join(ort.get_available_providers()),
-        )
-        return [CPU_PROVIDER]
-    return [(CUDA_PROVIDER, {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}), CPU_PROVIDER]
-
-
-def _dim(value: object) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-class ModelRuntime:
-    """The encoder and head sessions of one export folder.
-
-    Args:
-        card: The verified export folder.
-        device: ``"cpu"`` or ``"cuda"``.
-        intra_op_threads: ONNX Runtime intra-op threads; 0 lets it choose.
-        spinning: Whether idle intra-op threads spin (fast hand-over, but they burn CPU that image
-            decoding could use).
-
-    Raises:
-        ModelLoadError: a file ONNX Runtime cannot load, or inputs/outputs that break the contract.
-    """
-
-    def __init__(
-        self, card: ModelCard, device: str = "cpu", intra_op_threads: int = 0, spinning: bool = False
-    ) -> None:
-        self.card = card
-        self.device = device
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        providers = _providers(device)
-        try:
-            self.encoder = ort.InferenceSession(str(card.encoder_path), options, providers=providers)
-            self.head = ort.InferenceSession(str(card.head_path), options, providers=providers)
-        except Exception as e:
-            raise ModelLoadError(f"ONNX Runtime cannot load the model in {card.model_dir}: {e}") from None
-        self._check_io()
-
-    @property
-    def providers(self) -> list[str]:
-        """The encoder session's execution providers, in priority order."""
-        return list(self.encoder.get_providers())
-
-    @property
-    def cuda_active(self) -> bool:
-        """Whether the CUDA execution provider really runs both sessions."""
-        return all(s.get_providers()[0] == CUDA_PROVIDER for s in (self.encoder, self.head))
-
-    def _check_io(self) -> None:
-        enc_in, enc_out = self.encoder.get_inputs(), self.encoder.get_outputs()
-        head_in, head_out = self.head.get_inputs(), self.head.get_outputs()
-        where = self.card.model_dir
-        names = {
-            "encoder.onnx inputs": ([i.name for i in enc_in], ["pixel_values"]),
-            "encoder.onnx outputs": ([o.name for o in enc_out], ["embedding"]),
-            "head.onnx inputs": ([i.name for i in head_in], ["embedding"]),
-            "head.onnx outputs": ([o.name for o in head_out], ["logits"]),
-        }
-        for what, (found, wanted) in names.items():
-            if found[:1] != wanted or (what.endswith("inputs") and len(found) != 1):
-                raise ModelLoadError(f"{where}: {what} are {found}, the export contract says {wanted}")
-        _, c, h, w = (list(enc_in[0].shape) + [None] * 4)[:4]
-        expected = self.card.preprocess.input_size
-        for got, want, name in (
-            (c, expected[0], "channels"),
-            (h, expected[1], "height"),
-            (w, expected[2], "width"),
-        ):
-            if _dim(got) is not None and got != want:
-                raise ModelLoadError(
-                    f"{where}: encoder.onnx takes {name} {got} but model.json input_size says {want}"
-                )
-        dim = self.card.embedding_dim
-        for got, name in ((enc_out[0].shape, "encoder output"), (head_in[0].shape, "head input")):
-            if len(got) != 2 or (_dim(got[1]) is not None and got[1] != dim):
-                raise ModelLoadError(f"{where}: {name} has shape {got}, model.json embedding_dim is {dim}")
-        n_classes = len(self.card.labels)
-        got = head_out[0].shape
-        if len(got) != 2 or (_dim(got[1]) is not None and got[1] != n_classes):
-            raise ModelLoadError(
-                f"{where}: head output has shape {got} but model.json lists {n_classes} labels"
-            )
-
-    def run(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Blocking inference.
-
-        Args:
-            pixel_values: ``(N, 3, H, W)`` float32, preprocessed.
-
-        Returns:
-            ``embedding`` ``(N, D)`` (un-normalised) and ``logits`` ``(N, C)``, float32.
-        """
-        embedding = self.encoder.run(["embedding"], {"pixel_values": pixel_values})[0]  # (N, D)
-        logits = self.head.run(["logits"], {"embedding": embedding})[0]  # (N, C)
-        return np.asarray(embedding, dtype=np.float32), np.asarray(logits, dtype=np.float32)
-
-    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run zeros through both sessions once per batch size (allocations, kernel choice)."""
-        _, h, w = self.card.preprocess.input_size
-        for n in sorted(set(batch_sizes)):
-            self.run(np.zeros((n, 3, h, w), dtype=np.float32))
 
 
 @dataclass(eq=False)

@@ -1,4 +1,4 @@
-"""python -m training.predict: timm's eval transform via clce_core; a broken file spoils nothing else.
+"""python -m serving.predict: timm's eval transform via clce_core; a broken file spoils nothing else.
 
 The transform's parity with timm's (every crop mode and interpolation) is pinned in
 tests/core/test_preprocessing.py; here the CLI's probabilities are checked against PyTorch on timm's
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training import predict
+from serving import predict
 from training.onnx_export import eval_transform
 
 

@@ -1,0 +1,123 @@
+"""Classify image files with an exported model folder (ONNX Runtime, numpy and Pillow; no torch).
+
+    python -m serving.predict --model-dir models/flowers102-clce photos/
+    python -m serving.predict --model-dir models/flowers102-clce a.jpg b.png --top-k 3 --json
+
+Prints one line per image: ``PATH: label 0.912, label 0.051, ...`` (top-k softmax probabilities),
+or with --json one JSON object per line, ``{"file", "top_k": [{"label", "probability"}]}``. Folders
+are searched recursively for image files (by extension), in sorted order. An image that cannot be
+read gets one ``error:`` line on stderr (and ``{"file", "error"}`` with --json); the rest are still
+classified, and the exit code is 1. Exit code 2: the model folder is missing, incomplete or altered.
+
+The folder is read and verified as the server does (``clce_core.export_folder.read_card``: schema
+version, sha256 of both files) and run by the server's sessions (``serving.sessions.ModelRuntime``:
+CUDA when this onnxruntime build has it, else the CPU). Preprocessing is the model card's, from
+:mod:`clce_core.preprocessing`: the CONTRACTS image rule (EXIF orientation, transparency on white,
+RGB; ``load_image``), then timm's eval transform re-done in numpy/PIL (``EvalTransform``): resize to
+``floor(size / crop_pct)`` with the card's interpolation, centre crop, ``/255``, ``(x - mean) / std``;
+equal to ``timm.data.create_transform(**data_config)`` within 1e-5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from clce_core.export_folder import ExportFolderError, read_card
+from clce_core.metrics import softmax
+from clce_core.preprocessing import EvalTransform, load_image
+from serving.sessions import ModelRuntime
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def find_images(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Files as given (any extension); folders searched recursively for image extensions, sorted."""
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            yield from found
+        else:
+            yield p
+
+
+def read_pixels(path: Path, transform: EvalTransform) -> np.ndarray:
+    """One image file -> ``(3, H, W)`` float32 network input (the loading rule, then ``transform``)."""
+    return transform(load_image(path))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.predict",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model-dir", required=True, help="an export folder (models/NAME)")
+    parser.add_argument("images", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--top-k", type=int, default=5, help="classes per image (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per ONNX Runtime call")
+    return parser
+
+
+def _emit(path: Path, labels: list[str], probs: np.ndarray, k: int, as_json: bool) -> None:
+    order = np.argsort(-probs, kind="stable")[:k]
+    if as_json:
+        top = [{"label": labels[i], "probability": round(float(probs[i]), 6)} for i in order]
+        print(json.dumps({"file": str(path), "top_k": top}), flush=True)
+    else:
+        print(f"{path}: " + ", ".join(f"{labels[i]} {probs[i]:.3f}" for i in order), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        print("error: --top-k and --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        card = read_card(args.model_dir)
+        runtime = ModelRuntime(card, device="auto")
+    except ExportFolderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = done = 0
+    batch: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        if batch:
+            _, logits = runtime.run(np.stack([x for _, x in batch]))  # (B, C)
+            for (path, _), p in zip(batch, softmax(logits), strict=True):
+                _emit(path, card.labels, p, args.top_k, args.json)
+            batch.clear()
+
+    for path in find_images(args.images):
+        try:
+            batch.append((path, read_pixels(path, card.preprocess)))
+        except Exception as e:  # unreadable, not an image, truncated, decompression bomb: report, go on
+            failed += 1
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            print(f"error: {path}: cannot read the image ({reason})", file=sys.stderr)
+            if args.json:
+                print(
+                    json.dumps({"file": str(path), "error": f"cannot read the image ({reason})"}), flush=True
+                )
+            continue
+        done += 1
+        if len(batch) == args.batch_size:
+            flush()
+    flush()
+    if done + failed == 0:
+        print(f"error: no image files in {' '.join(args.images)}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""ONNX Runtime sessions of one export folder: providers, the I/O contract, warm-up.
+
+:class:`ModelRuntime` owns ONE ``InferenceSession`` per ONNX file (encoder and head), shared by
+every request of the server (and used by ``python -m serving.predict``). Which execution providers
+run them is decided in one place, :func:`choose_providers`. The sessions' inputs and outputs are
+checked against the card (CONTRACTS "Export folder") before anything runs. Micro-batching over the
+sessions lives in :mod:`serving.batching`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from clce_core.export_folder import (
+    CARD_FILE,
+    EMBEDDING,
+    ENCODER_FILE,
+    ENCODER_INPUT,
+    HEAD_FILE,
+    LOGITS,
+    ExportFolderError,
+    ModelCard,
+)
+
+logger = logging.getLogger(__name__)
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+_CUDA_OPTIONS = {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}
+
+Device = Literal["cpu", "cuda", "auto"]
+
+
+def choose_providers(device: Device) -> list[str | tuple[str, dict[str, str]]]:
+    """The execution providers for ``device``, in priority order.
+
+    Args:
+        device: ``"cpu"``: the CPU only. ``"cuda"``: CUDA, then the CPU; without the CUDA provider in
+            this onnxruntime build, the CPU with a logged error (the server reports not ready).
+            ``"auto"``: CUDA where this build has it, else the CPU, silently (the prediction CLI).
+    """
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    if CUDA_PROVIDER in available:
+        return [(CUDA_PROVIDER, dict(_CUDA_OPTIONS)), CPU_PROVIDER]
+    if device == "cuda":
+        logger.error(
+            "CLCE_DEVICE=cuda but this onnxruntime build has no %s (available: %s); install "
+            "onnxruntime-gpu instead of onnxruntime. Running on the CPU; /health/ready reports not ready.",
+            CUDA_PROVIDER,
+            ", ".join(available),
+        )
+    return [CPU_PROVIDER]
+
+
+def _dim(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+class ModelRuntime:
+    """The encoder and head sessions of one export folder.
+
+    Args:
+        card: The verified export folder (:func:`clce_core.export_folder.read_card`).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (see :func:`choose_providers`).
+        intra_op_threads: ONNX Runtime intra-op threads; 0 lets it choose.
+        spinning: Whether idle intra-op threads spin (fast hand-over, but they burn CPU that image
+            decoding could use).
+
+    Raises:
+        ExportFolderError: a file ONNX Runtime cannot load, or inputs/outputs that break the contract.
+    """
+
+    def __init__(
+        self, card: ModelCard, device: Device = "cpu", intra_op_threads: int = 0, spinning: bool = False
+    ) -> None:
+        self.card = card
+        self.device = device
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: fp16 graphs log a warning per CPU fallback node
+        if intra_op_threads > 0:
+            options.intra_op_num_threads = intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        providers = choose_providers(device)
+        try:
+            self.encoder = ort.InferenceSession(str(card.encoder_path), options, providers=providers)
+            self.head = ort.InferenceSession(str(card.head_path), options, providers=providers)
+        except Exception as e:  # onnxruntime's own exception types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise ExportFolderError(
+                f"ONNX Runtime cannot load the model in {card.model_dir}: {first}"
+            ) from None
+        self._check_io()
+
+    @property
+    def providers(self) -> list[str]:
+        """The encoder session's execution providers, in priority order."""
+        return list(self.encoder.get_providers())
+
+    @property
+    def cuda_active(self) -> bool:
+        """Whether the CUDA execution provider really runs both sessions."""
+        return all(s.get_providers()[0] == CUDA_PROVIDER for s in (self.encoder, self.head))
+
+    def _check_io(self) -> None:
+        enc_in, enc_out = self.encoder.get_inputs(), self.encoder.get_outputs()
+        head_in, head_out = self.head.get_inputs(), self.head.get_outputs()
+        where = self.card.model_dir
+        names = {
+            f"{ENCODER_FILE} inputs": ([i.name for i in enc_in], [ENCODER_INPUT]),
+            f"{ENCODER_FILE} outputs": ([o.name for o in enc_out], [EMBEDDING]),
+            f"{HEAD_FILE} inputs": ([i.name for i in head_in], [EMBEDDING]),
+            f"{HEAD_FILE} outputs": ([o.name for o in head_out], [LOGITS]),
+        }
+        for what, (found, wanted) in names.items():
+            if found[:1] != wanted or (what.endswith("inputs") and len(found) != 1):
+                raise ExportFolderError(f"{where}: {what} are {found}, the export contract says {wanted}")
+        _, c, h, w = (list(enc_in[0].shape) + [None] * 4)[:4]
+        expected = self.card.preprocess.input_size
+        for got, want, name in (
+            (c, expected[0], "channels"),
+            (h, expected[1], "height"),
+            (w, expected[2], "width"),
+        ):
+            if _dim(got) is not None and got != want:
+                raise ExportFolderError(
+                    f"{where}: {ENCODER_FILE} takes {name} {got} but {CARD_FILE} input_size says {want}"
+                )
+        dim = self.card.embedding_dim
+        for got, name in ((enc_out[0].shape, "encoder output"), (head_in[0].shape, "head input")):
+            if len(got) != 2 or (_dim(got[1]) is not None and got[1] != dim):
+                raise ExportFolderError(
+                    f"{where}: {name} has shape {got}, {CARD_FILE} embedding_dim is {dim}"
+                )
+        n_classes = len(self.card.labels)
+        got = head_out[0].shape
+        if len(got) != 2 or (_dim(got[1]) is not None and got[1] != n_classes):
+            raise ExportFolderError(
+                f"{where}: head output has shape {got} but {CARD_FILE} lists {n_classes} labels"
+            )
+
+    def run(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Blocking inference.
+
+        Args:
+            pixel_values: ``(N, 3, H, W)`` float32, preprocessed.
+
+        Returns:
+            ``embedding`` ``(N, D)`` (un-normalised) and ``logits`` ``(N, C)``, float32.
+        """
+        embedding = self.encoder.run([EMBEDDING], {ENCODER_INPUT: pixel_values})[0]  # (N, D)
+        logits = self.head.run([LOGITS], {EMBEDDING: embedding})[0]  # (N, C)
+        return np.asarray(embedding, dtype=np.float32), np.asarray(logits, dtype=np.float32)
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        """Run zeros through both sessions once per batch size (allocations, kernel choice)."""
+        _, h, w = self.card.preprocess.input_size
+        for n in sorted(set(batch_sizes)):
+            self.run(np.zeros((n, 3, h, w), dtype=np.float32))
