@@ -301,7 +301,8 @@ def write_card(folder: str | os.PathLike[str], card: ModelCard, extra_files: Ite
         extra_files: Names of optional files in ``folder`` to list and verify like the ONNX files.
 
     Returns:
-        The card as written (``files``, ``created`` and ``model_dir`` set).
+        The card as written and as :func:`read_card` will return it (``files``, ``created`` and
+        ``model_dir`` set; NaN metrics are None).
 
     Raises:
         ExportFolderError: a file is missing or unreadable, or a name is not a plain file name.
@@ -316,10 +317,9 @@ def write_card(folder: str | os.PathLike[str], card: ModelCard, extra_files: Ite
             f"cannot hash {e.filename}: {e.strerror or e}; write the file first"
         ) from None
     created = card.created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    card = dataclasses.replace(card, files=files, created=created, model_dir=folder)
-    text = json.dumps(card.to_dict(), indent=2, allow_nan=False) + "\n"
-    (folder / CARD_FILE).write_text(text, encoding="utf-8")
-    return card
+    raw = dataclasses.replace(card, files=files, created=created).to_dict()
+    (folder / CARD_FILE).write_text(json.dumps(raw, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return ModelCard.from_dict(raw, folder)
 
 
 # ------------------------------------------------------------------------------------ read, verify

@@ -1,4 +1,4 @@
-"""Tests for clce_core.metrics: top-k, confusion matrix, isotropy (Eq. 4), pair similarities."""
+"""Tests for clce_core.metrics: softmax, top-k, confusion matrix, isotropy (Eq. 4), pair similarities."""
 
 from __future__ import annotations
 
@@ -15,8 +15,23 @@ from clce_core.metrics import (
     isotropy_score,
     pair_cosine_similarities,
     per_class_accuracy,
+    softmax,
     topk_accuracy,
 )
+
+# --- softmax -----------------------------------------------------------------------------------------
+
+
+def test_softmax_is_stable_and_leaves_its_input() -> None:
+    logits = np.array([[1000.0, 1001.0, 999.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    probs = softmax(logits)
+    e = np.exp([-1.0, 0.0, -2.0])
+    np.testing.assert_allclose(probs[0], e / e.sum(), rtol=1e-12)
+    np.testing.assert_allclose(probs[1], [1 / 3] * 3, rtol=1e-12)
+    assert probs.dtype == np.float64 and logits[0, 0] == 1000.0  # a copy, in float64
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        softmax(np.zeros(3))
+
 
 # --- top-k -------------------------------------------------------------------------------------------
 

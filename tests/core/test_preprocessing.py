@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clce_core.preprocessing import CROP_MODES, EvalTransform, load_image
+from clce_core.preprocessing import CROP_MODES, EvalTransform, TooManyPixels, load_image
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -167,3 +167,15 @@ def test_unsupported_card_settings_are_refused(card: dict) -> None:
 def test_non_rgb_image_is_refused_with_a_hint() -> None:
     with pytest.raises(ValueError, match="to_rgb"):
         EvalTransform((3, 8, 8))(Image.new("L", (8, 8)))
+
+
+def test_load_image_bounds_the_decode() -> None:
+    png = _rgb(30, 20)
+    with pytest.raises(TooManyPixels, match="30x20 = 600 pixels, more than the limit of 599") as info:
+        load_image(png, max_pixels=599)
+    assert info.value.size == (30, 20) and info.value.max_pixels == 599
+    assert load_image(png, max_pixels=600).size == (30, 20)
+    with pytest.raises(Image.UnidentifiedImageError):
+        load_image(png, formats=("JPEG",))
+    with pytest.raises(OSError, match="truncated"):
+        load_image(_rgb(64, 64)[:200])  # decoded completely here, not on first use

@@ -71,7 +71,7 @@ def test_dockerfiles(dockerfile: str, requirements: str, device: str) -> None:
 
 def test_serving_imports_no_torch_and_nothing_from_training() -> None:
     code = (
-        "import sys, serving.app, serving.__main__; "
+        "import sys, serving.app, serving.__main__, serving.predict; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'torchvision', 'training')]; "
         "assert not bad, bad"
     )
