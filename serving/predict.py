@@ -53,11 +53,10 @@ def read_pixels(path: Path, transform: EvalTransform) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    summary, details = __doc__.split("\n\n", 1)
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="python -m serving.predict",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "python -m serving.predict", description=summary, epilog=details, formatter_class=raw
     )
     parser.add_argument("--model-dir", required=True, help="an export folder (models/NAME)")
     parser.add_argument("images", nargs="+", help="image files and/or folders of images")

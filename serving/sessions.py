@@ -15,16 +15,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from clce_core.export_folder import (
-    CARD_FILE,
-    EMBEDDING,
-    ENCODER_FILE,
-    ENCODER_INPUT,
-    HEAD_FILE,
-    LOGITS,
-    ExportFolderError,
-    ModelCard,
-)
+from clce_core.export_folder import CARD_FILE, EMBEDDING, ENCODER_INPUT, LOGITS, ExportFolderError, ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +57,7 @@ class ModelRuntime:
     """The encoder and head sessions of one export folder.
 
     Args:
-        card: The verified export folder (:func:`clce_core.export_folder.read_card`).
+        card: The verified export folder (:func:`clce_core.read_card`).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (see :func:`choose_providers`).
         intra_op_threads: ONNX Runtime intra-op threads; 0 lets it choose.
         spinning: Whether idle intra-op threads spin (fast hand-over, but they burn CPU that image
@@ -112,11 +103,12 @@ class ModelRuntime:
         enc_in, enc_out = self.encoder.get_inputs(), self.encoder.get_outputs()
         head_in, head_out = self.head.get_inputs(), self.head.get_outputs()
         where = self.card.model_dir
+        encoder, head = self.card.encoder_path.name, self.card.head_path.name
         names = {
-            f"{ENCODER_FILE} inputs": ([i.name for i in enc_in], [ENCODER_INPUT]),
-            f"{ENCODER_FILE} outputs": ([o.name for o in enc_out], [EMBEDDING]),
-            f"{HEAD_FILE} inputs": ([i.name for i in head_in], [EMBEDDING]),
-            f"{HEAD_FILE} outputs": ([o.name for o in head_out], [LOGITS]),
+            f"{encoder} inputs": ([i.name for i in enc_in], [ENCODER_INPUT]),
+            f"{encoder} outputs": ([o.name for o in enc_out], [EMBEDDING]),
+            f"{head} inputs": ([i.name for i in head_in], [EMBEDDING]),
+            f"{head} outputs": ([o.name for o in head_out], [LOGITS]),
         }
         for what, (found, wanted) in names.items():
             if found[:1] != wanted or (what.endswith("inputs") and len(found) != 1):
@@ -130,7 +122,7 @@ class ModelRuntime:
         ):
             if _dim(got) is not None and got != want:
                 raise ExportFolderError(
-                    f"{where}: {ENCODER_FILE} takes {name} {got} but {CARD_FILE} input_size says {want}"
+                    f"{where}: {encoder} takes {name} {got} but {CARD_FILE} input_size says {want}"
                 )
         dim = self.card.embedding_dim
         for got, name in ((enc_out[0].shape, "encoder output"), (head_in[0].shape, "head input")):
