@@ -5,12 +5,13 @@
     python -m training.export --checkpoint runs/X/best.pt --output models/X --check-accuracy
 
 Writes ``OUTPUT/encoder.onnx`` (pixel_values (N, 3, H, W) -> embedding (N, D), un-normalised),
-``OUTPUT/head.onnx`` (embedding -> logits (N, C)) and ``OUTPUT/model.json`` (the model card,
-written by ``clce_core.export_folder``; see docs/export.md). Before anything lands in OUTPUT, ONNX Runtime (CPU) runs 7 check images (3 random,
-4 structured) at batch 1 and 7 and must match PyTorch: logits within 1e-4 x max(1, max|logit|) and
-embedding cosine >= 0.9999 (fp32), or 5e-2 x max(1, max|logit|), cosine >= 0.999 and the same top-1
-(--fp16). --check-accuracy (or --dataset/--data-dir) also runs the ONNX model once over the run's
-test split and compares its top-1 with PyTorch's and the checkpoint's recorded number.
+``OUTPUT/head.onnx`` (embedding -> logits (N, C)) and ``OUTPUT/model.json`` (the model card, written
+by ``clce_core.export_folder``; see docs/export.md). Before anything lands in OUTPUT, ONNX Runtime
+(CPU) runs 7 check images (3 random, 4 structured) at batch 1 and 7 and must match PyTorch: logits
+within 1e-4 x max(1, max|logit|) and embedding cosine >= 0.9999 (fp32), or 5e-2 x max(1,
+max|logit|), cosine >= 0.999 and the same top-1 (--fp16). --check-accuracy (or --dataset/--data-dir)
+also runs the ONNX model once over the run's test split and compares its top-1 with PyTorch's and
+the checkpoint's recorded number.
 
 Exit codes: 0 exported; 1 the export did not match PyTorch (nothing written); 2 bad arguments,
 checkpoint or output folder.
