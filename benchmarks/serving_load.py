@@ -97,8 +97,11 @@ def export_lite0(dest: Path) -> Path:
 
 
 def _export_standin(model: Any, labels: list[str], dest: Path) -> Path:
+    import onnx
     import timm
     import torch
+
+    from clce_core.export_folder import ENCODER_FILE, HEAD_FILE, ModelCard, write_card
 
     cfg = model.data_config
     dest.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def _export_standin(model: Any, labels: list[str], dest: Path) -> Path:
         torch.onnx.export(
             model.encoder,
             (images,),
-            str(dest / "encoder.onnx"),
+            str(dest / ENCODER_FILE),
             input_names=["pixel_values"],
             output_names=["embedding"],
             dynamic_axes={"pixel_values": {0: "N"}, "embedding": {0: "N"}},
@@ -117,17 +120,13 @@ def _export_standin(model: Any, labels: list[str], dest: Path) -> Path:
         torch.onnx.export(
             model.head,
             (torch.zeros(1, model.embedding_dim),),
-            str(dest / "head.onnx"),
+            str(dest / HEAD_FILE),
             input_names=["embedding"],
             output_names=["logits"],
             dynamic_axes={"embedding": {0: "N"}, "logits": {0: "N"}},
             opset_version=17,
             dynamo=False,
         )
-    import onnx
-
-    from clce_core.export_folder import ModelCard, write_card
-
     card = ModelCard.from_data_config(
         cfg,
         model_name="tf_efficientnet_lite0",
