@@ -72,32 +72,36 @@ done
 MODEL_ABS=$(cd "$MODEL_DIR" && pwd)
 
 # ------------------------------------------------------------------ build
+size() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1 / 1e6}'; }
 build() {  # build DOCKER_BUILD_ARGS...: the log goes to $WORK, its tail to stderr on failure
     docker build --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" "$@" . >"$WORK/build.log" 2>&1 \
         || { tail -n 30 "$WORK/build.log" >&2; die "docker build $* failed (log above)"; }
 }
 if [ "$PYTHON_IMAGE" = clce-base:bookworm ] && ! docker image inspect "$PYTHON_IMAGE" >/dev/null 2>&1; then
     step "building the Debian base $PYTHON_IMAGE (docker/base-from-debian.sh)"
-    TAG=$PYTHON_IMAGE docker/base-from-debian.sh
+    start=$(date +%s)
+    TAG=$PYTHON_IMAGE docker/base-from-debian.sh >"$WORK/base.log" 2>&1 \
+        || { tail -n 30 "$WORK/base.log" >&2; die "docker/base-from-debian.sh failed (log above)"; }
+    ok "built in $(( $(date +%s) - start )) s, $(size "$PYTHON_IMAGE"); $(grep '^base ok' "$WORK/base.log")"
 fi
 step "building $IMAGE from docker/Dockerfile.cpu on $PYTHON_IMAGE"
 start=$(date +%s)
 build -f docker/Dockerfile.cpu -t "$IMAGE"
-ok "built in $(( $(date +%s) - start )) s, $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+ok "built in $(( $(date +%s) - start )) s, $(size "$IMAGE")"
 
 if [ "${GPU:-0}" = 1 ]; then
     step "building clce-serve:smoke from ./Dockerfile (GPU) on $PYTHON_IMAGE"
     start=$(date +%s)
     build -t clce-serve:smoke
-    ok "built in $(( $(date +%s) - start )) s, $(docker image inspect -f '{{.Size}}' clce-serve:smoke | awk '{printf "%.0f MB", $1/1e6}'); the CUDA provider's libraries all resolve (checked in the build)"
-    if docker run --rm --gpus 1 clce-serve:smoke true >/dev/null 2>&1; then
+    ok "built in $(( $(date +%s) - start )) s, $(size clce-serve:smoke); the CUDA provider's libraries all resolve (checked in the build)"
+    if docker run --rm --gpus 1 clce-serve:smoke true >"$WORK/gpu.log" 2>&1; then
         docker run --rm --gpus 1 -v "$MODEL_ABS:/models:ro" clce-serve:smoke python -c "
 import onnxruntime as ort
 s = ort.InferenceSession('/models/encoder.onnx', providers=['CUDAExecutionProvider'])
 assert s.get_providers()[0] == 'CUDAExecutionProvider', s.get_providers()"
         ok "the GPU image runs the encoder on CUDAExecutionProvider (docker run --gpus 1)"
     else
-        echo "note: docker run --gpus 1 fails here (no GPU or no NVIDIA Container Toolkit): the GPU image is built, not run"
+        echo "note: the GPU image is built, not run: docker run --gpus 1 says: $(head -n 1 "$WORK/gpu.log")"
     fi
 fi
 
