@@ -38,8 +38,6 @@ __all__ = [
     "save_embeddings",
 ]
 
-FEWSHOT_DATASETS = ("cifar-fs", "fc100")
-
 
 @dataclass
 class Encoder:
@@ -108,7 +106,7 @@ class ClassSet:
     """The images of a class set, untransformed: ``dataset[i] -> (PIL image, label)`` until
     :meth:`with_transform`; ``targets`` are positions in ``classes``."""
 
-    dataset: Any  # training.data.LabeledImages
+    dataset: Any  # training.datasets.LabeledImages
     classes: list[str]
     description: str
 
@@ -139,11 +137,15 @@ def load_class_set(
         download: let torchvision download a missing dataset.
 
     Raises:
-        training.data.DatasetError: one line saying what is missing or wrong.
+        training.datasets.DatasetError: one line saying what is missing or wrong.
     """
-    from training.data import DatasetError, build_datasets
-    from training.image_folders import class_folder_images
-    from training.torchvision_datasets import build_fewshot_split
+    from training.datasets import (
+        FEWSHOT_SPLITS,
+        DatasetError,
+        build_datasets,
+        build_fewshot_split,
+        class_folder_images,
+    )
 
     if split not in ("train", "val", "test"):
         raise DatasetError(f"split must be train, val or test, got {split!r}")
@@ -154,7 +156,7 @@ def load_class_set(
             )
         images, classes = class_folder_images(data_dir)
         return ClassSet(images, list(classes), f"{data_dir}")
-    if dataset in FEWSHOT_DATASETS:
+    if dataset in FEWSHOT_SPLITS:
         images, classes = build_fewshot_split(dataset, split, data_dir, download)
         return ClassSet(images, list(classes), f"{dataset} few-shot {split} classes")
     splits = build_datasets(dataset, data_dir, download, None, None)

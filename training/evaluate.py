@@ -34,7 +34,7 @@ from clce_core.fewshot import EpisodeClassifier, EpisodeResult, evaluate_episode
 from clce_core.metrics import confusion_matrix, isotropy_score, per_class_accuracy, topk_accuracy
 from clce_core.models import WeightsError
 from training.checkpoint import CheckpointError
-from training.data import DatasetError
+from training.datasets import DatasetError
 from training.embed import (
     ClassSet,
     Encoder,

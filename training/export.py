@@ -316,12 +316,12 @@ def accuracy_loader(
     """Batches of the run's (or the given) dataset split under the eval transform, and a description.
 
     Raises:
-        training.data.DatasetError: the dataset cannot be built.
+        training.datasets.DatasetError: the dataset cannot be built.
         ExportError: its classes are not the checkpoint's.
     """
     from torch.utils.data import DataLoader
 
-    from training.data import build_datasets
+    from training.datasets import build_datasets
     from training.transforms import build_transforms
 
     cfg = state["config"]
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = build_parser().parse_args(argv)
     from training.checkpoint import CheckpointError, model_from_checkpoint
-    from training.data import DatasetError
+    from training.datasets import DatasetError
 
     try:
         try:

@@ -38,7 +38,7 @@ from clce_core.models import ClassifierModel, WeightsError, create_model, model_
 from training import distributed
 from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import ConfigError, RunConfig, add_arguments, config_from_args, save_yaml
-from training.data import DatasetError, DatasetSplits, build_datasets, take_per_class
+from training.datasets import DatasetError, DatasetSplits, build_datasets, take_per_class
 from training.engine import (
     StepContext,
     TrainingError,
@@ -483,7 +483,7 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.data import list_datasets
+    from training.datasets import list_datasets
 
     parser = argparse.ArgumentParser(
         prog="python -m training.finetune",

@@ -23,10 +23,18 @@ from torchvision.datasets import utils as tv_utils
 
 from tests.training.test_images import _image_zoo
 from tests.training.test_transforms import LITE0
-from training import data, fashion_mnist, torchvision_datasets
-from training.data import DatasetError, ImageFiles, build_datasets, list_datasets
-from training.image_folders import class_folder_images
-from training.torchvision_datasets import build_fewshot_split, fewshot_classes
+from training.datasets import (
+    DATA_HOME_ENV,
+    DatasetError,
+    ImageFiles,
+    build_datasets,
+    build_fewshot_split,
+    class_folder_images,
+    fashion_mnist,
+    fewshot_classes,
+    list_datasets,
+)
+from training.datasets import torchvision as torchvision_datasets
 from training.transforms import build_transforms, two_view_collate
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -305,7 +313,7 @@ def test_present_but_corrupt_files_say_so(tmp_path, monkeypatch):
 
 
 def test_default_root_is_data_home_per_dataset(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.DATA_HOME_ENV, str(tmp_path))
+    monkeypatch.setenv(DATA_HOME_ENV, str(tmp_path))
     fake_flowers102(tmp_path / "flowers102")
     fake_cifar100(tmp_path / "cifar100")  # cifar-fs and fc100 read cifar100's folder
     assert len(build_datasets("flowers102", None, False, None, None).train) == 6
@@ -333,7 +341,7 @@ def test_fashion_mnist_reads_plain_and_gz_and_debian_in_place(tmp_path, monkeypa
     debian = tmp_path / "debian"
     write_fashion_files(debian)
     monkeypatch.setattr(fashion_mnist, "DEBIAN_FASHION_MNIST", debian)
-    monkeypatch.setenv(data.DATA_HOME_ENV, str(tmp_path / "empty"))
+    monkeypatch.setenv(DATA_HOME_ENV, str(tmp_path / "empty"))
     splits = build_datasets("fashion-mnist", None, False, None, None)
     assert len(splits.test) == 30 and not (tmp_path / "empty").exists()  # nothing copied
     assert np.array_equal(np.asarray(splits.test[0][0])[..., 0], np.asarray(plain.test[0][0])[..., 0])
@@ -346,7 +354,7 @@ def test_fashion_mnist_reads_plain_and_gz_and_debian_in_place(tmp_path, monkeypa
     not fashion_mnist.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist not installed"
 )
 def test_real_debian_fashion_mnist(monkeypatch, tmp_path):
-    monkeypatch.setenv(data.DATA_HOME_ENV, str(tmp_path))
+    monkeypatch.setenv(DATA_HOME_ENV, str(tmp_path))
     splits = build_datasets("fashion-mnist", None, False, None, None, train_per_class=5)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (50, 6000, 10000)
     image, label = splits.test[0]

@@ -51,6 +51,6 @@ def test_load_image_rule(tmp_path):
 
 def test_training_datasets_read_with_the_shared_rule():
     from clce_core import preprocessing
-    from training import data
+    from training.datasets import images
 
-    assert data.load_image is preprocessing.load_image and data.array_to_rgb is preprocessing.array_to_rgb
+    assert images.load_image is preprocessing.load_image and images.array_to_rgb is preprocessing.array_to_rgb

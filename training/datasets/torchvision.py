@@ -1,9 +1,10 @@
 """The torchvision-backed datasets: Flowers-102, Oxford-IIIT Pets, Food-101, Caltech-256, CIFAR-100
 and its few-shot class splits (CIFAR-FS, FC100).
 
-Each builder registers itself with :func:`training.data.register`; ``training.data`` imports this
-module at its end, so ``import training.data`` fills the registry. torchvision reads (and, with
-``--download``, fetches) the official files; the images are then read with the one loading rule.
+Each builder registers itself with :func:`training.datasets.registry.register`; the package's
+``__init__`` imports this module, so ``import training.datasets`` fills the registry. torchvision
+reads (and, with ``--download``, fetches) the official files; the images are then read with the
+one loading rule.
 """
 
 from __future__ import annotations
@@ -15,20 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import (
-    _SALT_TEST,
-    Builder,
-    DatasetError,
-    ImageArray,
-    ImageFiles,
-    LabeledImages,
-    RawSplits,
-    _carve_val,
-    _data_root,
-    _torchvision,
-    register,
-    take_per_class,
-)
+from training.datasets.files import call_torchvision, data_root
+from training.datasets.images import ImageArray, ImageFiles, LabeledImages
+from training.datasets.registry import Builder, DatasetError, RawSplits, register
+from training.datasets.splits import SALT_TEST, carve_val, take_per_class
 
 __all__ = [
     "CIFAR100_CLASSES",
@@ -46,12 +37,12 @@ def _flowers102(root: Path | None, download: bool, seed: int, val_fraction: floa
     """Oxford Flowers-102, official train / val / test (10 / 10 / rest per class)."""
     from torchvision.datasets import Flowers102
 
-    root = _data_root(root, "flowers102")
+    root = data_root(root, "flowers102")
     base = root / "flowers-102"
     required = [base / "jpg", base / "imagelabels.mat", base / "setid.mat"]
 
     def split(name: str) -> LabeledImages:
-        ds = _torchvision(
+        ds = call_torchvision(
             lambda: Flowers102(root, split=name, download=download),
             "Flowers-102",
             base,
@@ -69,12 +60,12 @@ def _oxford_pets(root: Path | None, download: bool, seed: int, val_fraction: flo
     """Oxford-IIIT Pets (37 classes): official trainval / test; val = ``val_fraction`` of trainval."""
     from torchvision.datasets import OxfordIIITPet
 
-    root = _data_root(root, "oxford-pets")
+    root = data_root(root, "oxford-pets")
     base = root / "oxford-iiit-pet"
     required = [base / "images", base / "annotations" / "trainval.txt", base / "annotations" / "test.txt"]
     files = "images/ and annotations/ (trainval.txt, test.txt)"
     parts = [
-        _torchvision(
+        call_torchvision(
             lambda s=s: OxfordIIITPet(root, split=s, download=download),
             "Oxford-IIIT Pets",
             base,
@@ -85,7 +76,7 @@ def _oxford_pets(root: Path | None, download: bool, seed: int, val_fraction: flo
         for s in ("trainval", "test")
     ]
     trainval, test = (LabeledImages(ImageFiles(ds._images, ds._labels)) for ds in parts)
-    train, val = _carve_val(trainval, val_fraction, seed)
+    train, val = carve_val(trainval, val_fraction, seed)
     return RawSplits(list(parts[0].classes), train, val, test)
 
 
@@ -94,11 +85,11 @@ def _food101(root: Path | None, download: bool, seed: int, val_fraction: float) 
     """Food-101: official train (750 per class) / test (250); val = ``val_fraction`` of train."""
     from torchvision.datasets import Food101
 
-    root = _data_root(root, "food101")
+    root = data_root(root, "food101")
     base = root / "food-101"
     required = [base / "images", base / "meta" / "train.json", base / "meta" / "test.json"]
     parts = [
-        _torchvision(
+        call_torchvision(
             lambda s=s: Food101(root, split=s, download=download),
             "Food-101",
             base,
@@ -109,7 +100,7 @@ def _food101(root: Path | None, download: bool, seed: int, val_fraction: float) 
         for s in ("train", "test")
     ]
     full_train, test = (LabeledImages(ImageFiles(ds._image_files, ds._labels)) for ds in parts)
-    train, val = _carve_val(full_train, val_fraction, seed)
+    train, val = carve_val(full_train, val_fraction, seed)
     return RawSplits(list(parts[0].classes), train, val, test)
 
 
@@ -121,12 +112,12 @@ def _caltech256(root: Path | None, download: bool, seed: int, val_fraction: floa
     training pool, the rest the test split; the validation split is ``val_fraction`` of each class's
     pool (6 of 60), the training split the other 54.
     """
-    root = _data_root(root, "caltech256")
+    root = data_root(root, "caltech256")
     folder = root / "caltech256" / "256_ObjectCategories"
     if not folder.is_dir():
         from torchvision.datasets import Caltech256
 
-        _torchvision(
+        call_torchvision(
             lambda: Caltech256(str(root), download=download),
             "Caltech-256",
             folder.parent,
@@ -145,15 +136,15 @@ def _caltech256(root: Path | None, download: bool, seed: int, val_fraction: floa
     if not paths:
         raise DatasetError(f"Caltech-256 in {folder} holds no .jpg images in its class folders")
     everything = LabeledImages(ImageFiles(paths, targets))
-    pool = take_per_class(targets, CALTECH256_TRAIN_PER_CLASS, [seed, _SALT_TEST])
+    pool = take_per_class(targets, CALTECH256_TRAIN_PER_CLASS, [seed, SALT_TEST])
     test_pos = np.setdiff1d(np.arange(len(paths)), pool)
-    train, val = _carve_val(everything.subset(pool), val_fraction, seed)
+    train, val = carve_val(everything.subset(pool), val_fraction, seed)
     return RawSplits(classes, train, val, everything.subset(test_pos))
 
 
 # --------------------------------------------------------------------------- CIFAR-100 and its class splits
 
-SPLITS_DIR = Path(__file__).with_name("splits")  # copies of ../shared/data/splits/*.json
+SPLITS_DIR = Path(__file__).parents[1] / "splits"  # copies of ../shared/data/splits/*.json
 # CIFAR-100's 20 superclasses and their fine classes (names as torchvision's CIFAR100.classes spells them).
 CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
     "aquatic_mammals": ("beaver", "dolphin", "otter", "seal", "whale"),
@@ -209,12 +200,12 @@ def _cifar100_arrays(root: Path | None, download: bool) -> dict[str, tuple[np.nd
     """{"train": (images (N, 32, 32, 3) uint8, labels (N,)), "test": ...} from torchvision's CIFAR100."""
     from torchvision.datasets import CIFAR100
 
-    root = _data_root(root, "cifar100")
+    root = data_root(root, "cifar100")
     base = root / "cifar-100-python"
     required = [base / "train", base / "test", base / "meta"]
     out = {}
     for split in ("train", "test"):
-        ds = _torchvision(
+        ds = call_torchvision(
             lambda s=split: CIFAR100(str(root), train=s == "train", download=download),
             "CIFAR-100",
             base,
@@ -232,7 +223,7 @@ def _cifar100_arrays(root: Path | None, download: bool) -> dict[str, tuple[np.nd
 def _cifar100(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
     """CIFAR-100: official train / test; val = ``val_fraction`` of each training class."""
     arrays = _cifar100_arrays(root, download)
-    train, val = _carve_val(LabeledImages(ImageArray(*arrays["train"])), val_fraction, seed)
+    train, val = carve_val(LabeledImages(ImageArray(*arrays["train"])), val_fraction, seed)
     return RawSplits(list(CIFAR100_CLASSES), train, val, LabeledImages(ImageArray(*arrays["test"])))
 
 
@@ -249,7 +240,7 @@ def _fewshot_builder(name: str) -> Builder:
     def build(root: Path | None, download: bool, seed: int, val_fraction: float) -> RawSplits:
         classes = fewshot_classes(name, "train")
         arrays = _cifar100_arrays(root, download)
-        train, val = _carve_val(LabeledImages(_cifar_subset(arrays["train"], classes)), val_fraction, seed)
+        train, val = carve_val(LabeledImages(_cifar_subset(arrays["train"], classes)), val_fraction, seed)
         return RawSplits(classes, train, val, LabeledImages(_cifar_subset(arrays["test"], classes)))
 
     build.__doc__ = (

@@ -2,8 +2,8 @@
 
 Registered as ``fashion-mnist``. With no ``--data-dir`` it looks in ``$CLCE_DATA_HOME/fashion-mnist``
 (``~/.cache/clce/data`` by default), then in Debian's ``/usr/share/datasets/fashion-mnist`` (package
-``dataset-fashion-mnist``); ``--download`` lets torchvision fetch the files. Imported at the end of
-:mod:`training.data`, so ``import training.data`` registers it.
+``dataset-fashion-mnist``); ``--download`` lets torchvision fetch the files. ``import training.datasets``
+registers it.
 """
 
 from __future__ import annotations
@@ -13,16 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import (
-    DatasetError,
-    ImageArray,
-    LabeledImages,
-    RawSplits,
-    _carve_val,
-    _data_root,
-    _torchvision,
-    register,
-)
+from training.datasets.files import call_torchvision, data_root
+from training.datasets.images import ImageArray, LabeledImages
+from training.datasets.registry import DatasetError, RawSplits, register
+from training.datasets.splits import carve_val
 
 __all__ = ["DEBIAN_FASHION_MNIST", "FASHION_MNIST_CLASSES", "read_idx"]
 
@@ -84,7 +78,7 @@ def _fashion_mnist(root: Path | None, download: bool, seed: int, val_fraction: f
     FashionMNIST reads only uncompressed files, so the .gz files are decoded here; torchvision still
     does the downloading.)
     """
-    raw = _data_root(root, "fashion-mnist") / "FashionMNIST" / "raw"
+    raw = data_root(root, "fashion-mnist") / "FashionMNIST" / "raw"
     candidates = [raw] if root is not None else [raw, DEBIAN_FASHION_MNIST]
     files = next((f for f in map(_idx_files, candidates) if f is not None), None)
     if files is None:
@@ -97,8 +91,8 @@ def _fashion_mnist(root: Path | None, download: bool, seed: int, val_fraction: f
             )
         from torchvision.datasets import FashionMNIST
 
-        _torchvision(
-            lambda: FashionMNIST(str(_data_root(root, "fashion-mnist")), train=True, download=True),
+        call_torchvision(
+            lambda: FashionMNIST(str(data_root(root, "fashion-mnist")), train=True, download=True),
             "Fashion-MNIST",
             raw,
             names,
@@ -114,5 +108,5 @@ def _fashion_mnist(root: Path | None, download: bool, seed: int, val_fraction: f
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
             raise DatasetError(f"Fashion-MNIST {split} files disagree: images {x.shape}, labels {y.shape}")
         splits[split] = LabeledImages(ImageArray(x, y))
-    train, val = _carve_val(splits["train"], val_fraction, seed)
+    train, val = carve_val(splits["train"], val_fraction, seed)
     return RawSplits(list(FASHION_MNIST_CLASSES), train, val, splits["test"])

@@ -3,7 +3,7 @@
 ``--dataset imagefolder --data-dir DIR`` takes ``DIR/train`` + ``DIR/val`` (+ ``DIR/test``), or one
 folder of class folders split per class (seeded). :func:`class_folder_images` reads a folder of class
 folders as one labelled set, e.g. the novel classes that ``python -m training.evaluate`` embeds.
-Imported at the end of :mod:`training.data`, so ``import training.data`` registers ``imagefolder``.
+``import training.datasets`` registers ``imagefolder``.
 """
 
 from __future__ import annotations
@@ -15,16 +15,9 @@ from pathlib import Path
 
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from training.data import (
-    _SALT_TEST,
-    DatasetError,
-    ImageFiles,
-    LabeledImages,
-    RawSplits,
-    _carve_val,
-    register,
-    split_per_class,
-)
+from training.datasets.images import ImageFiles, LabeledImages
+from training.datasets.registry import DatasetError, RawSplits, register
+from training.datasets.splits import SALT_TEST, carve_val, split_per_class
 
 __all__ = ["class_folder_images"]
 
@@ -95,13 +88,13 @@ def _imagefolder(root: Path | None, download: bool, seed: int, val_fraction: flo
         if (root / "val").is_dir():
             val = LabeledImages(_scan_class_folders(root / "val", index)[1])
         else:
-            train, val = _carve_val(train, val_fraction, seed)
+            train, val = carve_val(train, val_fraction, seed)
         test = (
             LabeledImages(_scan_class_folders(root / "test", index)[1]) if (root / "test").is_dir() else None
         )
         return RawSplits(classes, train, val, test)
     classes, files = _scan_class_folders(root)
     everything = LabeledImages(files)
-    rest, test_pos = split_per_class(everything.targets, val_fraction, [seed, _SALT_TEST])
-    train, val = _carve_val(everything.subset(rest), val_fraction, seed)
+    rest, test_pos = split_per_class(everything.targets, val_fraction, [seed, SALT_TEST])
+    train, val = carve_val(everything.subset(rest), val_fraction, seed)
     return RawSplits(classes, train, val, everything.subset(test_pos))
