@@ -43,9 +43,10 @@ import numpy as np
 from clce_core.fewshot import evaluate_episodes
 from clce_core.stats import t_confidence_interval
 from training.config import RunConfig
-from training.embed import embed_images, eval_transform, load_class_set, load_encoder
+from training.embed import embed_images, load_class_set, load_encoder
 from training.finetune import Run
 from training.sysinfo import machine_line
+from training.transforms import eval_transform
 
 LOSSES = ["ce", "ce+supcon", "clce-nohnm", "clce"]
 DISPLAY_ORDER = ["frozen", "ce", "supcon", "hscl", "ce+supcon", "clce-nohnm", "clce"]  # rows, bars

@@ -32,7 +32,6 @@ __all__ = [
     "Encoder",
     "embed_and_classify",
     "embed_images",
-    "eval_transform",
     "load_class_set",
     "load_encoder",
     "save_embeddings",
@@ -90,15 +89,6 @@ def load_encoder(
         )
     enc.model.to(device)
     return enc
-
-
-def eval_transform(data_config: dict[str, Any]) -> Callable:
-    """timm's eval transform (resize to size / crop_pct, centre crop, normalise) for ``data_config``."""
-    from timm.data import create_transform
-
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items() if k in keys}
-    return create_transform(**cfg, is_training=False)
 
 
 @dataclass
@@ -196,7 +186,8 @@ def embed_images(
             is given (then any dataset with ``with_transform``, e.g. ``LabeledImages`` of PIL images).
         device: where the model lives.
         batch_size: images per forward pass.
-        transform: the eval transform, usually ``eval_transform(encoder.data_config)``.
+        transform: the eval transform, usually
+            ``training.transforms.eval_transform(encoder.data_config)``.
         workers: DataLoader worker processes (0: decode in this process).
 
     Returns:

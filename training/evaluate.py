@@ -39,11 +39,11 @@ from training.embed import (
     ClassSet,
     Encoder,
     embed_and_classify,
-    eval_transform,
     load_class_set,
     load_encoder,
     save_embeddings,
 )
+from training.transforms import eval_transform
 
 log = logging.getLogger("clce.evaluate")
 OTHER = "(other)"  # confusion column: predicted a head class outside the evaluated set

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from clce_core.models import ClassifierModel
+from training.transforms import eval_transform
 
 PARITY_BATCH_SIZES = (1, 7)
 
@@ -176,16 +177,6 @@ def _synthetic_images(seed: int) -> list[Image.Image]:
         stripes,
     ]
     return [Image.fromarray(np.clip(a * 255 + 0.5, 0, 255).astype(np.uint8)) for a in arrays]
-
-
-def eval_transform(data_config: dict[str, Any]) -> Any:
-    """timm's eval transform (resize, centre crop, normalise) for a card's / checkpoint's data config."""
-    from timm.data import create_transform
-
-    keys = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
-    cfg = {k: data_config[k] for k in keys if data_config.get(k) is not None}
-    cfg["input_size"] = tuple(cfg["input_size"])
-    return create_transform(**cfg, is_training=False)
 
 
 def check_images(data_config: dict[str, Any], seed: int = 0) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Train / eval transforms and the two-view row layout of the two-view losses.
 
-* :func:`build_transforms` gives the train / eval transforms (eval = timm's, which serving reproduces).
+* :func:`eval_transform` is timm's eval transform of a model's data config: the one that
+  training, evaluation, embedding and the export's parity check use, and that serving reproduces.
+* :func:`build_transforms` gives the train / eval transforms of a run.
 * :class:`TwoViews` and :func:`two_view_collate` produce the CONTRACTS row layout
   ``[view 1 of images 0..B-1; view 2 of images 0..B-1]`` (see :func:`stack_views`).
 """
@@ -15,7 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-__all__ = ["AugConfig", "TwoViews", "build_transforms", "stack_views", "two_view_collate"]
+__all__ = ["AugConfig", "TwoViews", "build_transforms", "eval_transform", "stack_views", "two_view_collate"]
+
+EVAL_KEYS = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")  # what it reads
 
 
 @dataclass
@@ -29,6 +33,23 @@ class AugConfig:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     hflip: float = 0.5  # horizontal-flip probability; 0 for data where mirroring changes the class (glyphs)
     color_jitter: float = 0.4  # brightness = contrast = saturation strength; 0 disables
+
+
+def eval_transform(data_config: dict[str, Any]) -> Callable:
+    """timm's eval transform for a data config: resize to size / crop_pct, centre crop, normalise.
+
+    Args:
+        data_config: timm's ``resolve_data_config`` output, a checkpoint's ``data_config`` or a model
+            card (lists are read as tuples; missing or None keys take timm's defaults).
+
+    Returns:
+        RGB PIL image -> ``(3, H, W)`` float32 tensor, timm's ``create_transform(is_training=False)``.
+    """
+    from timm.data import create_transform
+
+    cfg = {k: data_config[k] for k in EVAL_KEYS if data_config.get(k) is not None}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
+    return create_transform(**cfg, is_training=False)
 
 
 def build_transforms(
@@ -46,12 +67,11 @@ def build_transforms(
         aug: augmentation settings; None = ``AugConfig()``.
 
     Returns:
-        ``(train_transform, eval_transform)``. Eval = timm's ``create_transform(is_training=False)``
+        ``(train_transform, eval_transform)``. Eval = :func:`eval_transform` at the training size
         (resize to size / crop_pct, centre crop, normalise), exactly what serving reproduces.
         Train = RandomResizedCrop -> horizontal flip -> ColorJitter -> ToTensor -> Normalize, with the
         eval interpolation.
     """
-    from timm.data import create_transform
     from timm.data.transforms import str_to_interp_mode
     from torchvision import transforms as tvt
 
@@ -66,8 +86,7 @@ def build_transforms(
     cfg = dict(data_config)
     if img_size is not None:
         cfg["input_size"] = (3, img_size, img_size)
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    eval_tf = create_transform(**{k: cfg[k] for k in keys if k in cfg}, is_training=False)
+    eval_tf = eval_transform(cfg)
     size = tuple(cfg["input_size"][-2:])
     interpolation = str_to_interp_mode(cfg.get("interpolation", "bilinear"))
     steps: list[Callable] = [

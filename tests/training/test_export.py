@@ -15,7 +15,8 @@ from PIL import Image
 
 from training import export, finetune
 from training.checkpoint import model_from_checkpoint
-from training.onnx_export import TOLERANCES, Tolerance, eval_transform, ort_session
+from training.onnx_export import TOLERANCES, Tolerance, ort_session
+from training.transforms import eval_transform
 
 CONTRACT_KEYS = [  # CONTRACTS "Export folder", in its order
     "schema_version", "model_name", "labels", "embedding_dim", "input_size", "interpolation", "crop_pct",

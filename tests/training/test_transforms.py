@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.transforms import AugConfig, TwoViews, build_transforms, stack_views
+from training.transforms import AugConfig, TwoViews, build_transforms, eval_transform, stack_views
 
 LITE0 = {
     "input_size": (3, 224, 224),
@@ -36,6 +36,21 @@ def test_transforms_shapes_and_eval_equals_timm():
     assert build_transforms(LITE0)[1](image).shape == (3, 224, 224)
     with pytest.raises(ValueError, match="scale"):
         build_transforms(LITE0, 32, aug=AugConfig(scale=(0.5, 0.2)))
+
+
+def test_one_eval_transform_reads_every_form_of_the_data_config():
+    """A checkpoint / model card stores lists and may hold None: the same transform as timm's tuples."""
+    from timm.data import create_transform
+
+    from training import embed, onnx_export
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (41, 29, 3), dtype=np.uint8))
+    timm_eval = create_transform(**{**LITE0, "input_size": (3, 24, 24)}, is_training=False)
+    stored = {k: list(v) if isinstance(v, tuple) else v for k, v in LITE0.items()}
+    stored |= {"input_size": [3, 24, 24], "crop_mode": None, "labels": ["a"]}  # card: lists, None, extras
+    assert torch.equal(eval_transform(stored)(image), timm_eval(image))
+    assert torch.equal(build_transforms(LITE0, img_size=24)[1](image), timm_eval(image))
+    assert onnx_export.eval_transform is eval_transform and not hasattr(embed, "eval_transform")
 
 
 def test_two_views_are_independent_augmentations():
