@@ -81,7 +81,7 @@ def build_context(args: argparse.Namespace, chunk_size: int | None, device: torc
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(1000, 10))
     amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    loss_fn = create_loss(args.loss, lam=defaults.lam, temperature=defaults.tau).to(device)
+    loss_fn = create_loss(args.loss, **RunConfig(loss=args.loss).loss_kwargs()).to(device)
     return StepContext(
         model,
         loss_fn,

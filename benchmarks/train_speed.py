@@ -90,7 +90,7 @@ def build_context(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, 10))
     amp_dtype = resolve_amp(args.amp, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    loss_fn = create_loss(config.loss, lam=defaults.lam, temperature=defaults.tau).to(device)
+    loss_fn = create_loss(config.loss, **RunConfig(loss=config.loss).loss_kwargs()).to(device)
     return StepContext(
         model, loss_fn, optimizer, scheduler, device, amp_dtype, scaler, defaults.clip_grad, None
     )

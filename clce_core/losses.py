@@ -44,6 +44,8 @@ __all__ = [
     "ce_supcon_loss",
     "create_loss",
     "list_losses",
+    "loss_options",
+    "LossEntry",
     "CLCELoss",
     "CESupConLoss",
     "SupConLoss",
@@ -304,14 +306,26 @@ class HSCLLoss(_ProbedContrastiveLoss):
         return hscl_loss(embeddings, labels, self.temperature, self.beta)
 
 
-# name -> (factory, keyword arguments it accepts from the common set {lam, temperature, beta})
-_REGISTRY: dict[str, tuple[Callable[..., _RegistryLoss], tuple[str, ...]]] = {
-    "ce": (CELoss, ()),
-    "supcon": (SupConLoss, ("temperature",)),
-    "ce+supcon": (CESupConLoss, ("lam", "temperature")),
-    "hscl": (HSCLLoss, ("temperature", "beta")),
-    "clce": (CLCELoss, ("lam", "temperature", "detach_weights")),
-    "clce-nohnm": (lambda **kw: CLCELoss(hard_negatives=False, **kw), ("lam", "temperature")),
+@dataclass(frozen=True)
+class LossEntry:
+    """A registry entry: how to build the loss, and the keyword arguments it takes.
+
+    Attributes:
+        factory: builds the ``nn.Module``; called with a subset of ``options``.
+        options: the keyword arguments :func:`create_loss` accepts for this entry.
+    """
+
+    factory: Callable[..., _RegistryLoss]
+    options: tuple[str, ...]
+
+
+_REGISTRY: dict[str, LossEntry] = {
+    "ce": LossEntry(CELoss, ()),
+    "supcon": LossEntry(SupConLoss, ("temperature",)),
+    "ce+supcon": LossEntry(CESupConLoss, ("lam", "temperature")),
+    "hscl": LossEntry(HSCLLoss, ("temperature", "beta")),
+    "clce": LossEntry(CLCELoss, ("lam", "temperature", "detach_weights")),
+    "clce-nohnm": LossEntry(lambda **kw: CLCELoss(hard_negatives=False, **kw), ("lam", "temperature")),
 }
 
 
@@ -320,14 +334,28 @@ def list_losses() -> list[str]:
     return list(_REGISTRY)
 
 
-def create_loss(name: str, **kwargs: float | bool) -> _RegistryLoss:
-    """Build a registry entry by name.
+def _entry(name: str) -> LossEntry:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
 
-    Common keyword arguments (``lam``, ``temperature``, ``beta``, ``detach_weights``) may be passed
-    to every entry; each takes those it uses and ignores the rest, so a CLI can pass its flags as is.
+
+def loss_options(name: str) -> tuple[str, ...]:
+    """The keyword arguments :func:`create_loss` accepts for ``name`` (e.g. ``clce``: lam, temperature,
+    detach_weights), so a caller holding every flag passes only the chosen entry's.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    return _entry(name).options
+
+
+def create_loss(name: str, **kwargs: float | bool | None) -> _RegistryLoss:
+    """Build a registry entry by name, as timm's ``create_model`` does: unknown keywords are an error.
 
     Args:
         name: one of :func:`list_losses`.
+        **kwargs: options of that entry (:func:`loss_options`); a value of None keeps the entry's default.
 
     Returns:
         An ``nn.Module`` called as ``loss(embeddings, logits, labels) -> LossOutput``, with
@@ -335,8 +363,14 @@ def create_loss(name: str, **kwargs: float | bool) -> _RegistryLoss:
 
     Raises:
         ValueError: unknown name (the message lists the known ones) or an out-of-range value.
+        TypeError: a keyword the entry does not take (the message names it and the accepted ones).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(_REGISTRY)}")
-    factory, accepted = _REGISTRY[name]
-    return factory(**{k: v for k, v in kwargs.items() if k in accepted and v is not None})
+    entry = _entry(name)
+    unknown = sorted(set(kwargs) - set(entry.options))
+    if unknown:
+        accepted = ", ".join(entry.options) or "no options"
+        raise TypeError(
+            f"create_loss({name!r}) got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"{name!r} accepts: {accepted}"
+        )
+    return entry.factory(**{k: v for k, v in kwargs.items() if v is not None})

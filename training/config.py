@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from clce_core.losses import list_losses
+from clce_core.losses import list_losses, loss_options
 
 
 class ConfigError(ValueError):
@@ -150,6 +150,17 @@ class RunConfig:
         if cfg.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
         return cfg
+
+    def loss_kwargs(self) -> dict[str, float | bool]:
+        """The loss flags that the chosen ``--loss`` takes, as :func:`clce_core.losses.create_loss`
+        keywords (``ce`` none; ``clce`` lam, temperature, detach_weights; ...)."""
+        flags = {
+            "lam": self.lam,
+            "temperature": self.tau,
+            "beta": self.beta,
+            "detach_weights": self.detach_weights,
+        }
+        return {k: v for k, v in flags.items() if k in loss_options(self.loss)}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

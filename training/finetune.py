@@ -195,9 +195,7 @@ class Run:
         self.device = resolve_device(cfg.device, self.world.local_rank if self.world.world_size > 1 else None)
         seed_everything(cfg.seed)  # the same on every rank: the same initial weights
 
-        self.loss_fn = create_loss(
-            cfg.loss, lam=cfg.lam, temperature=cfg.tau, beta=cfg.beta, detach_weights=cfg.detach_weights
-        )
+        self.loss_fn = create_loss(cfg.loss, **cfg.loss_kwargs())
         pretrained = "none" if resume_state is not None else cfg.pretrained
         self.data_config = data_config = model_data_config(cfg.model, cfg.img_size)
         train_tf, eval_tf = build_transforms(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from clce_core.losses import (
     hscl_loss,
     lacln_loss,
     list_losses,
+    loss_options,
     supcon_loss,
 )
 
@@ -274,9 +276,12 @@ def test_clce_lambda_endpoints() -> None:
     assert sup.total.item() == pytest.approx(0.1 * ce.item() + 0.9 * supcon_loss(emb, labels).item())
 
 
+OPTION_VALUES = {"lam": 0.9, "temperature": 0.5, "beta": 1.0, "detach_weights": False}
+
+
 @pytest.mark.parametrize("name", list_losses())
 def test_registry_entries_share_one_call(name: str) -> None:
-    loss_fn = create_loss(name, lam=0.9, temperature=0.5, beta=1.0, detach_weights=False)
+    loss_fn = create_loss(name, **{k: OPTION_VALUES[k] for k in loss_options(name)})
     b, classes = 6, 3
     labels = torch.arange(b) % classes
     emb = torch.randn(b * loss_fn.views, 8, requires_grad=True)
@@ -326,3 +331,28 @@ def test_bad_arguments_raise_clear_errors() -> None:
         lacln_loss(emb, labels[:-1])
     with pytest.raises(ValueError, match=r"embeddings must be \(M, D\)"):
         supcon_loss(emb[0], labels)
+
+
+@pytest.mark.parametrize("name", list_losses())
+def test_factory_rejects_a_keyword_the_entry_does_not_take(name: str) -> None:
+    accepted = loss_options(name)
+    assert set(accepted) <= set(OPTION_VALUES)
+    with pytest.raises(
+        TypeError, match=re.escape(f"create_loss({name!r}) got unexpected keyword argument(s) 'temprature'")
+    ) as info:
+        create_loss(name, temprature=0.1)
+    assert (", ".join(accepted) or "no options") in str(info.value)
+    for option in sorted(set(OPTION_VALUES) - set(accepted)):  # a real option of another entry
+        with pytest.raises(TypeError, match=f"'{option}'"):
+            create_loss(name, **{option: OPTION_VALUES[option]})
+
+
+def test_factory_passes_the_options_an_entry_takes() -> None:
+    assert loss_options("ce") == () and loss_options("clce") == ("lam", "temperature", "detach_weights")
+    loss = create_loss("clce", lam=0.3, temperature=0.2, detach_weights=True)
+    assert (loss.lam, loss.temperature, loss.detach_weights) == (0.3, 0.2, True)
+    hscl = create_loss("hscl", temperature=0.7, beta=2.0)
+    assert (hscl.temperature, hscl.beta) == (0.7, 2.0)
+    assert create_loss("clce", lam=None).lam == 0.9  # None keeps the entry's default
+    with pytest.raises(ValueError, match="unknown loss 'clcee'"):
+        loss_options("clcee")

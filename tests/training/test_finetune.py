@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from clce_core.losses import list_losses
+from clce_core.losses import create_loss, list_losses
 from training import finetune
 from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.config import RunConfig
 
 CLASSES = ["red", "green", "blue", "grey"]
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (128, 128, 128)}
@@ -111,6 +112,16 @@ def test_every_loss_trains(loss: str, data_dir: Path, tmp_path: Path) -> None:
     first = json.loads((tmp_path / loss / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(first["train_loss"])
     assert (first["train_contrastive"] == 0.0) == (loss == "ce")
+
+
+@pytest.mark.parametrize("loss", list_losses())
+def test_the_loss_flags_reach_the_entry_that_takes_them(loss: str) -> None:
+    cfg = RunConfig(loss=loss, lam=0.3, tau=0.2, beta=2.0, detach_weights=True)
+    loss_fn = create_loss(loss, **cfg.loss_kwargs())  # the strict factory: only the entry's options
+    expected = {"lam": 0.3, "temperature": 0.2, "beta": 2.0, "detach_weights": True}
+    assert {k: getattr(loss_fn, k) for k in cfg.loss_kwargs()} == {k: expected[k] for k in cfg.loss_kwargs()}
+    assert ("lam" in cfg.loss_kwargs()) == (loss in {"clce", "clce-nohnm", "ce+supcon"})
+    assert ("beta" in cfg.loss_kwargs()) == (loss == "hscl")
 
 
 def test_yaml_config_with_flag_override(data_dir: Path, tmp_path: Path) -> None:
