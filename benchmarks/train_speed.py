@@ -41,7 +41,8 @@ import torch
 from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
-from training.engine import StepContext, param_groups, resolve_amp, train_step, warmup_cosine
+from training.engine import StepContext, resolve_amp, train_step
+from training.optim import param_groups, warmup_cosine
 from training.sysinfo import load_average, machine_line, publish
 
 

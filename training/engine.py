@@ -1,5 +1,8 @@
 """The training step, one epoch, and evaluation. No argparse, no globals: everything comes in as arguments.
 
+:class:`StepContext` holds what a step needs besides the batch; :func:`build_step_context` makes it
+from a run's config (AMP, EMA, DDP). The optimizer and schedule are built in :mod:`training.optim`.
+
 Rows: a batch from a two-view loader arrives as ``(2B, 3, H, W)`` in the CONTRACTS layout
 (``[view 1 of images 0..B-1; view 2 of images 0..B-1]``) with labels ``(2B,)``; a one-view loader
 gives ``(B, 3, H, W)``. The loss sees every row; top-1 during training is not computed (evaluation
@@ -18,21 +21,26 @@ Chunked (``StepContext.chunk_size``): gradient caching, see :mod:`training.gradc
 
 from __future__ import annotations
 
-import math
+import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from clce_core.losses import LossOutput
 from clce_core.metrics import topk_accuracy
+from clce_core.models import ClassifierModel
 from training import gradcache
+from training.config import RunConfig
 from training.distributed import gather_rows
+
+log = logging.getLogger("clce.finetune")
 
 
 class TrainingError(RuntimeError):
@@ -62,6 +70,56 @@ class StepContext:
         return getattr(self.model, "module", self.model)
 
 
+def build_step_context(
+    cfg: RunConfig,
+    model: ClassifierModel,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    world_size: int = 1,
+    memory_format: torch.memory_format = torch.preserve_format,
+) -> StepContext:
+    """The step context of a run: ``--amp`` (and its fp16 scaler), ``--ema``, ``--clip-grad``,
+    ``--chunk-size``; under DDP (``world_size > 1``) the model wrapped in DistributedDataParallel.
+
+    Args:
+        model: the unwrapped model, already on ``device``; the optimizer and EMA hold it, not the wrapper.
+    """
+    amp_dtype = resolve_amp(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=cfg.ema_decay, device=device)
+    train_model: nn.Module = model
+    if world_size > 1:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+        log.info(
+            "DDP: %d processes × %d images per step, backend %s",
+            world_size,
+            cfg.batch_size // world_size,
+            torch.distributed.get_backend(),
+        )
+    return StepContext(
+        train_model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        device,
+        amp_dtype,
+        scaler,
+        cfg.clip_grad,
+        ema,
+        world_size=world_size,
+        chunk_size=cfg.chunk_size,
+        memory_format=memory_format,
+    )
+
+
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """``auto``: bf16 on CUDA where supported, else fp16; off on the CPU."""
     if device.type != "cuda" or amp == "off":
@@ -69,33 +127,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def param_groups(model: nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-    """Encoder and head at their own learning rates; no weight decay on norms and biases (1-D tensors)."""
-    groups = []
-    for part, part_lr in (("encoder", lr), ("head", head_lr)):
-        decay, no_decay = [], []
-        for p in getattr(model, part).parameters():
-            if p.requires_grad:
-                (no_decay if p.ndim <= 1 else decay).append(p)
-        groups += [
-            {"params": decay, "lr": part_lr, "weight_decay": weight_decay, "name": f"{part}"},
-            {"params": no_decay, "lr": part_lr, "weight_decay": 0.0, "name": f"{part}-no-decay"},
-        ]
-    return [g for g in groups if g["params"]]
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Factor of the peak lr: linear from ~0 over ``warmup_steps``, then cosine down to 0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 def _autocast(ctx: StepContext) -> AbstractContextManager:

@@ -22,34 +22,32 @@ import argparse
 import dataclasses
 import json
 import logging
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
 from clce_core.losses import create_loss
 from clce_core.models import ClassifierModel, WeightsError, create_model, model_data_config
 from training import distributed
-from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from training.config import ConfigError, RunConfig, add_arguments, config_from_args, save_yaml
-from training.datasets import DatasetError, DatasetSplits, build_datasets, take_per_class
-from training.engine import (
-    StepContext,
-    TrainingError,
-    evaluate,
-    param_groups,
-    resolve_amp,
-    train_one_epoch,
-    warmup_cosine,
+from training.checkpoint import (
+    CheckpointError,
+    Progress,
+    eval_module,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
 )
-from training.samplers import ClassBalancedBatchSampler
-from training.transforms import AugConfig, build_transforms, two_view_collate
+from training.config import ConfigError, RunConfig, add_arguments, config_from_args, save_yaml
+from training.datasets import DatasetError, list_datasets
+from training.device import resolve_device
+from training.engine import EvalResult, TrainingError, build_step_context, evaluate, train_one_epoch
+from training.loaders import build_loaders, build_splits
+from training.optim import build_optimizer, build_scheduler
+from training.seeding import rank_epoch_seed, seed_everything
 
 log = logging.getLogger("clce.finetune")
 
@@ -70,110 +68,9 @@ RESUME_OVERRIDABLE = {
 }
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
-    """``auto``: CUDA when available, else the CPU. Under torchrun a CUDA process takes GPU ``local_rank``."""
-    if name == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    if device.type == "cuda" and local_rank is not None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def build_model(cfg: RunConfig, num_classes: int, pretrained: str) -> ClassifierModel:
     """The timm encoder + linear head; ``--img-size`` reaches models that take it (ViTs)."""
     return create_model(cfg.model, num_classes, pretrained, img_size=cfg.img_size)
-
-
-class _EveryNth(Sampler[list[int]]):
-    """Batches ``rank, rank + n, ...`` of a batch sampler that every rank builds identically."""
-
-    def __init__(self, batches: Sampler[list[int]], n: int, rank: int) -> None:
-        self.batches, self.n, self.rank = batches, n, rank
-
-    def __len__(self) -> int:
-        return len(self.batches) // self.n  # type: ignore[arg-type]
-
-    def __iter__(self):
-        for i, batch in enumerate(self.batches):
-            if i // self.n == len(self):
-                return
-            if i % self.n == self.rank:
-                yield batch
-
-
-def build_loaders(
-    cfg: RunConfig,
-    data: DatasetSplits,
-    views: int,
-    device: torch.device,
-    world: distributed.DistInfo | None = None,
-) -> dict[str, Any]:
-    """Training loader (class-balanced or shuffled batches) and eval loaders; ``set_epoch`` reseeds.
-
-    Under DDP each of the ``world.world_size`` processes loads ``batch_size / world_size`` images
-    per step: its own share of the same seeded sequence of batches (``num_replicas`` / ``rank``).
-    """
-    world = world or distributed.DistInfo()
-    common = {"num_workers": cfg.workers, "pin_memory": device.type == "cuda"}
-    collate = two_view_collate if views == 2 else None
-    if cfg.batch_size % world.world_size:
-        raise ConfigError(
-            f"--batch-size {cfg.batch_size} does not split evenly over {world.world_size} processes; "
-            f"use a multiple of {world.world_size}"
-        )
-    per_rank = cfg.batch_size // world.world_size
-    if cfg.per_class:
-        try:
-            sampler: Sampler[list[int]] = ClassBalancedBatchSampler(
-                data.train.targets,
-                per_rank,
-                cfg.per_class,
-                seed=cfg.seed,
-                num_replicas=world.world_size,
-                rank=world.rank,
-            )
-        except ValueError as e:
-            if world.world_size == 1:
-                raise
-            raise ConfigError(
-                f"each of {world.world_size} processes gets {per_rank} of the --batch-size {cfg.batch_size} "
-                f"images: {e}"
-            ) from None
-        generator = None
-    else:
-        if len(data.train) < cfg.batch_size:
-            raise ConfigError(
-                f"--batch-size {cfg.batch_size} is larger than the {len(data.train)} training images; lower it"
-            )
-        generator = torch.Generator()
-        sampler = BatchSampler(RandomSampler(data.train, generator=generator), per_rank, drop_last=True)
-        if world.world_size > 1:
-            sampler = _EveryNth(sampler, world.world_size, world.rank)
-
-    def set_epoch(epoch: int) -> None:
-        if generator is not None:
-            generator.manual_seed(cfg.seed * 100_003 + epoch)
-        else:
-            sampler.set_epoch(epoch)  # type: ignore[attr-defined]
-
-    eval_bs = max(cfg.batch_size, 64)
-    loaders = {
-        "train": DataLoader(data.train, batch_sampler=sampler, collate_fn=collate, **common),
-        "val": DataLoader(data.val, batch_size=eval_bs, **common),
-        "test": DataLoader(data.test, batch_size=eval_bs, **common) if data.test is not None else None,
-        "set_epoch": set_epoch,
-    }
-    return loaders
 
 
 class Run:
@@ -196,151 +93,32 @@ class Run:
         seed_everything(cfg.seed)  # the same on every rank: the same initial weights
 
         self.loss_fn = create_loss(cfg.loss, **cfg.loss_kwargs())
-        pretrained = "none" if resume_state is not None else cfg.pretrained
-        self.data_config = data_config = model_data_config(cfg.model, cfg.img_size)
-        train_tf, eval_tf = build_transforms(
-            data_config,
-            cfg.img_size,
-            two_views=self.loss_fn.views == 2,
-            aug=AugConfig(scale=(cfg.crop_scale, 1.0), hflip=cfg.hflip, color_jitter=cfg.color_jitter),
-        )
-        with distributed.main_first():  # a --download happens once, on rank 0
-            self.data = build_datasets(
-                cfg.dataset,
-                cfg.data_dir,
-                cfg.download,
-                train_tf,
-                eval_tf,
-                cfg.train_per_class,
-                cfg.seed,
-                cfg.val_fraction,
-            )
-        if cfg.val_per_class is not None:  # seeded and class-balanced, like every split decision
-            self.data.val = self.data.val.subset(
-                take_per_class(self.data.val.targets, cfg.val_per_class, cfg.seed)
-            )
-        if cfg.test_per_class is not None and self.data.test is not None:
-            self.data.test = self.data.test.subset(
-                take_per_class(self.data.test.targets, cfg.test_per_class, 0)
-            )
+        self.data_config = model_data_config(cfg.model, cfg.img_size)
+        self.data = build_splits(cfg, self.data_config, self.loss_fn.views)
         log.info("%s", self.data.describe())
         self.memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        pretrained = "none" if resume_state is not None else cfg.pretrained  # a resume loads its own weights
         self.model = build_model(cfg, self.data.num_classes, pretrained).to(
             self.device, memory_format=self.memory_format
         )
         self.loaders = build_loaders(cfg, self.data, self.loss_fn.views, self.device, self.world)
-
-        steps_per_epoch = len(self.loaders["train"])
-        if cfg.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-        if steps_per_epoch == 0:
-            raise ConfigError(
-                f"no full batch of {cfg.batch_size} images in {len(self.data.train)} training images; "
-                "lower --batch-size"
-            )
-        groups = param_groups(self.model, cfg.lr, cfg.head_lr, cfg.weight_decay)  # type: ignore[arg-type]
-        if cfg.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True
-            )
-        else:
-            # fused: one kernel for all parameters (CPU and CUDA), about 4× faster than the per-tensor loop
-            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, fused=self.device.type in ("cpu", "cuda"))
-        total = steps_per_epoch * cfg.epochs
-        warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total, warmup))
-        amp_dtype = resolve_amp(cfg.amp, self.device)
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-        ema = None
-        if cfg.ema:
-            from timm.utils import ModelEmaV3
-
-            ema = ModelEmaV3(self.model, decay=cfg.ema_decay, device=self.device)
-        train_model: torch.nn.Module = self.model
-        if self.world.world_size > 1:  # after the optimizer and EMA, which hold the unwrapped model
-            train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-            log.info(
-                "DDP: %d processes × %d images per step, backend %s",
-                self.world.world_size,
-                cfg.batch_size // self.world.world_size,
-                torch.distributed.get_backend(),
-            )
-        self.ctx = StepContext(
-            train_model,
-            self.loss_fn,
-            self.optimizer,
-            self.scheduler,
-            self.device,
-            amp_dtype,
-            scaler,
-            cfg.clip_grad,
-            ema,
-            world_size=self.world.world_size,
-            chunk_size=cfg.chunk_size,
-            memory_format=self.memory_format,
-        )
-        self.epoch = 0
-        self.global_step = 0
-        self.best_val_top1 = -1.0
-        self.last_metrics: dict[str, float] = {}
-        if resume_state is not None:
-            self._restore(resume_state)
+        optimizer = build_optimizer(cfg, self.model, self.device)
+        scheduler = build_scheduler(cfg, optimizer, self.loaders.steps_per_epoch)
+        self.ctx = build_step_context(
+            cfg, self.model, self.loss_fn, optimizer, scheduler, self.device, self.world.world_size,
+            self.memory_format,
+        )  # fmt: skip
+        self.progress = Progress() if resume_state is None else restore_training_state(resume_state, self.ctx)
 
     # ------------------------------------------------------------------ checkpoints
     @property
     def eval_model(self) -> torch.nn.Module:
-        return self.ctx.ema.module if self.ctx.ema is not None else self.model
+        """What is evaluated and saved: the EMA weights when ``--ema`` is on, else the model."""
+        return eval_module(self.ctx)
 
     def state(self) -> dict[str, Any]:
-        import timm
-
-        import clce_core
-
-        state = {
-            "model": self.eval_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "rng": rng_state(),
-            "config": self.cfg.to_dict(),
-            "classes": list(self.data.classes),
-            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
-            "model_name": self.cfg.model,
-            "embedding_dim": self.model.embedding_dim,
-            "metrics": dict(self.last_metrics),
-            "best_val_top1": self.best_val_top1,
-            "versions": {
-                "torch": str(torch.__version__),
-                "timm": timm.__version__,
-                "clce": clce_core.__version__,
-            },
-        }
-        if self.ctx.ema is not None:
-            state["raw_model"] = self.model.state_dict()
-        if self.ctx.scaler is not None:
-            state["scaler"] = self.ctx.scaler.state_dict()
-        return state
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        try:
-            self.model.load_state_dict(state["raw_model"] if "raw_model" in state else state["model"])
-            if self.ctx.ema is not None:
-                self.ctx.ema.module.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"the checkpoint does not fit this run ({first[:200]})") from None
-        if self.ctx.scaler is not None and "scaler" in state:
-            self.ctx.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state.get("global_step", 0))
-        self.best_val_top1 = float(state.get("best_val_top1", -1.0))
-        self.last_metrics = dict(state.get("metrics", {}))
-        set_rng_state(state["rng"])
+        """The checkpoint of the run as it stands (see :func:`training.checkpoint.training_state`)."""
+        return training_state(self.ctx, self.cfg, self.data.classes, self.data_config, self.progress)
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
@@ -353,7 +131,7 @@ class Run:
 
             writer = SummaryWriter(str(self.out))
         try:
-            while self.epoch < self.cfg.epochs:
+            while self.progress.epoch < self.cfg.epochs:
                 self._one_epoch(writer)
         except KeyboardInterrupt:
             if self.is_main:
@@ -370,25 +148,19 @@ class Run:
         return self._test()
 
     def _one_epoch(self, writer: Any) -> None:
-        cfg = self.cfg
-        self.loaders["set_epoch"](self.epoch)
+        """Train one epoch; rank 0 then validates and saves while the other ranks wait at a barrier."""
+        cfg, progress = self.cfg, self.progress
+        self.loaders.set_epoch(progress.epoch)
         if self.world.world_size > 1:
-            # Each rank draws its own augmentations and dropout masks, from (seed, epoch, rank): a
-            # resume under the same number of processes repeats them (one process keeps the
+            # Each rank draws its own augmentations and dropout masks (one process keeps the
             # checkpointed generators instead, which resume exactly too).
-            seed_everything(
-                int(np.random.SeedSequence([cfg.seed, self.epoch, self.world.rank]).generate_state(1)[0])
-            )
+            seed_everything(rank_epoch_seed(cfg.seed, progress.epoch, self.world.rank))
         train = train_one_epoch(
-            self.ctx, self.loaders["train"], self.epoch + 1, cfg.max_steps_per_epoch, self.show_progress
+            self.ctx, self.loaders.train, progress.epoch + 1, cfg.max_steps_per_epoch, self.show_progress
         )
-        self.global_step += (
-            min(len(self.loaders["train"]), cfg.max_steps_per_epoch)
-            if cfg.max_steps_per_epoch
-            else len(self.loaders["train"])
-        )
+        progress.global_step += self.loaders.steps_per_epoch
         if not self.is_main:  # rank 0 evaluates and writes; the others wait for it
-            self.epoch += 1
+            progress.epoch += 1
             distributed.barrier()
             return
         try:
@@ -397,41 +169,45 @@ class Run:
             distributed.barrier()
 
     def _evaluate_and_save(self, train: dict[str, float], writer: Any) -> None:
-        cfg = self.cfg
-        val = evaluate(
-            self.eval_model,
-            self.loaders["val"],
-            self.device,
-            self.ctx.amp_dtype,
-            desc="val",
-            show_progress=self.show_progress,
-            memory_format=self.memory_format,
-        )
-        self.epoch += 1
-        metrics = {"epoch": self.epoch, **train, "val_top1": val.top1, "val_top5": val.top5}
-        self.last_metrics = metrics
+        """Validate, append to ``metrics.jsonl`` and TensorBoard, save ``last.pt`` (and ``best.pt``)."""
+        progress = self.progress
+        val = self._evaluate(self.loaders.val, "val")
+        progress.epoch += 1
+        metrics = {"epoch": progress.epoch, **train, "val_top1": val.top1, "val_top5": val.top5}
+        progress.metrics = metrics
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
         for key, value in metrics.items():
             if key != "epoch":
-                writer.add_scalar(key, value, self.epoch)
-        improved = val.top1 > self.best_val_top1
+                writer.add_scalar(key, value, progress.epoch)
+        improved = val.top1 > progress.best_val_top1
         if improved:
-            self.best_val_top1 = val.top1
+            progress.best_val_top1 = val.top1
         state = self.state()
         save_checkpoint(state, self.out / "last.pt")
         if improved:
             save_checkpoint(state, self.out / "best.pt")
         log.info(
             "epoch %d/%d  loss %.4f (ce %.4f, contrastive %.4f)  val top-1 %.2f%%  %.1f img/s%s",
-            self.epoch,
-            cfg.epochs,
+            progress.epoch,
+            self.cfg.epochs,
             train["train_loss"],
             train["train_ce"],
             train["train_contrastive"],
             val.top1,
             train["images_per_s"],
             "  (best)" if improved else "",
+        )
+
+    def _evaluate(self, loader: Any, desc: str) -> EvalResult:
+        return evaluate(
+            self.eval_model,
+            loader,
+            self.device,
+            self.ctx.amp_dtype,
+            desc=desc,
+            show_progress=self.show_progress,
+            memory_format=self.memory_format,
         )
 
     def _test(self) -> dict[str, float]:
@@ -445,20 +221,12 @@ class Run:
             distributed.barrier()
 
     def _test_on_main(self) -> dict[str, float]:
-        if self.loaders["test"] is None:
+        if self.loaders.test is None:
             log.info("no test split: skipping the final test evaluation")
             return {}
         best = load_checkpoint(self.out / "best.pt", map_location=self.device)
         self.eval_model.load_state_dict(best["model"])
-        test = evaluate(
-            self.eval_model,
-            self.loaders["test"],
-            self.device,
-            self.ctx.amp_dtype,
-            desc="test",
-            show_progress=self.show_progress,
-            memory_format=self.memory_format,
-        )
+        test = self._evaluate(self.loaders.test, "test")
         final = {"best_epoch": best["epoch"], "test_top1": test.top1, "test_top5": test.top5}
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(final) + "\n")
@@ -481,8 +249,6 @@ def resume_config(args: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.datasets import list_datasets
-
     parser = argparse.ArgumentParser(
         prog="python -m training.finetune",
         description=__doc__.split("\n\n")[0] + f"\n\nDatasets: {', '.join(list_datasets())}.",
@@ -522,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if not run.is_main:
         return 0
     minutes = (time.perf_counter() - start) / 60
-    summary = f"done in {minutes:.1f} min: best val top-1 {run.best_val_top1:.2f}%"
+    summary = f"done in {minutes:.1f} min: best val top-1 {run.progress.best_val_top1:.2f}%"
     if final:
         summary += f", test top-1 {final['test_top1']:.2f}% (top-5 {final['test_top5']:.2f}%)"
     print(f"{summary}; outputs in {run.out}/")

@@ -23,6 +23,7 @@ from training.checkpoint import load_checkpoint
 from training.config import ConfigError, RunConfig
 from training.distributed import DistInfo, gather_rows
 from training.engine import StepContext, train_step
+from training.loaders import build_loaders
 
 from .test_finetune import _args, _image_folder
 
@@ -177,16 +178,17 @@ def test_each_rank_loads_its_own_share_of_the_global_batch(per_class: int) -> No
     data = SimpleNamespace(train=_Labels(40), val=_Labels(4), test=None)
     cfg = RunConfig(dataset="x", batch_size=8, per_class=per_class).resolved()
     cpu = torch.device("cpu")
-    single = finetune.build_loaders(cfg, data, 1, cpu)  # type: ignore[arg-type]
-    ranks = [finetune.build_loaders(cfg, data, 1, cpu, DistInfo(r, 2)) for r in range(2)]  # type: ignore[arg-type]
+    single = build_loaders(cfg, data, 1, cpu)  # type: ignore[arg-type]
+    ranks = [build_loaders(cfg, data, 1, cpu, DistInfo(r, 2)) for r in range(2)]  # type: ignore[arg-type]
     for loaders in (single, *ranks):
-        loaders["set_epoch"](3)
-    steps = [list(loaders["train"].batch_sampler) for loaders in ranks]
-    assert len(steps[0]) == len(steps[1]) == len(single["train"]) == 40 // 8
+        loaders.set_epoch(3)
+    steps = [list(loaders.train.batch_sampler) for loaders in ranks]
+    assert len(steps[0]) == len(steps[1]) == len(single.train) == 40 // 8
+    assert single.steps_per_epoch == ranks[0].steps_per_epoch == 40 // 8
     for a, b in zip(*steps, strict=True):
         assert len(a) == len(b) == 4 and not set(a) & set(b)
     with pytest.raises(ConfigError, match="does not split evenly over 3 processes"):
-        finetune.build_loaders(cfg, data, 1, cpu, DistInfo(0, 3))  # type: ignore[arg-type]
+        build_loaders(cfg, data, 1, cpu, DistInfo(0, 3))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------ torchrun

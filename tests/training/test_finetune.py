@@ -86,7 +86,7 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
 
     def interrupt_after_first(self: finetune.Run, writer) -> None:
         original(self, writer)
-        if self.epoch == 1:
+        if self.progress.epoch == 1:
             raise KeyboardInterrupt
 
     broken = tmp_path / "broken"
