@@ -20,7 +20,7 @@ from clce_core.fewshot import l2_normalize
 from clce_core.metrics import pair_cosine_similarities
 
 if TYPE_CHECKING:
-    from training.evaluate import ModelEvaluation
+    from training.evaluation import ModelEvaluation
 
 __all__ = [
     "confusion_figure",

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from clce_core.fewshot import evaluate_episodes
-from training import evaluate, finetune
+from training import evaluate, evaluation, finetune
 from training.embed import save_embeddings
 from training.report import tsne_subsample
 
@@ -157,11 +157,11 @@ def test_classes_are_matched_by_name() -> None:
     head = ["a", "b", "c", "d"]
     logits = np.eye(4)[[2, 0, 1, 3]]  # image i predicted as head class [c, a, b, d][i]
     labels = np.array([0, 1, 2, 2])  # evaluated classes c, a, b -> c, a, b, (other)
-    cls = evaluate.classify_with_head(logits, labels, ["c", "a", "b"], head)
+    cls = evaluation.classify_with_head(logits, labels, ["c", "a", "b"], head)
     assert cls is not None and cls.top1 == 75.0 and cls.columns == ["c", "a", "b", "(other)"]
     assert cls.confusion.tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]]
     np.testing.assert_allclose(cls.per_class, [100, 100, 50])
-    assert evaluate.classify_with_head(logits, labels, ["x", "y", "z"], head) is None
+    assert evaluation.classify_with_head(logits, labels, ["x", "y", "z"], head) is None
 
 
 def test_npz_dump_and_tsne_subsample(tmp_path: Path) -> None:
@@ -182,6 +182,7 @@ def test_npz_dump_and_tsne_subsample(tmp_path: Path) -> None:
         ("short", "need 5 classes with at least 20 images each"),
         ("report-class", "--report-classes: nope"),
         ("img-size", "--img-size"),
+        ("device", "--device 'gpu0' is not a device"),
     ],
 )
 def test_bad_input_gives_one_line_error(
@@ -200,6 +201,8 @@ def test_bad_input_gives_one_line_error(
         extra = ["--shots", "5", "--queries", "15", "--workers", "0"]
     elif case == "report-class":
         extra += ["--report", str(tmp_path / "r"), "--report-classes", "nope"]
+    elif case == "device":
+        extra += ["--device", "gpu0"]
     else:
         extra += ["--img-size", "64"]
     assert evaluate.main(["--checkpoint", ckpt, "--data-dir", data, *extra]) == 2

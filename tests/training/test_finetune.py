@@ -147,6 +147,7 @@ def test_yaml_config_with_flag_override(data_dir: Path, tmp_path: Path) -> None:
         (["--pretrained", "/no/such/weights.pt"], "weights.pt"),
         (["--chunk-size", "0"], "--chunk-size must be >= 1"),
         (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--lr", "-1"], "--device cuda:0"),
+        (["--device", "gpu0"], "--device 'gpu0' is not a device"),
     ],
 )
 def test_bad_options_give_one_line_errors(extra, message, data_dir: Path, tmp_path: Path, capsys) -> None:
