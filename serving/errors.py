@@ -18,6 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.routing import allowed_methods
+
 logger = logging.getLogger(__name__)
 
 
@@ -172,13 +174,18 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "error")
     message = str(exc.detail) if exc.detail else code.replace("_", " ")
+    headers = getattr(exc, "headers", None)
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"no endpoint at {request.url.path}; see /docs for the API"
     elif exc.status_code == 405:
-        message = f"{request.method} is not allowed on {request.url.path}; see /docs for the API"
+        allow = ", ".join(allowed_methods(request.app.router.routes, request.scope))
+        headers = {**(headers or {}), "Allow": allow}  # every route at the path, not the first one's
+        message = (
+            f"{request.method} is not allowed on {request.url.path} (allowed: {allow}); see /docs for the API"
+        )
     elif exc.status_code == 400 and "parsing the body" in message:
         message = "the request body could not be parsed: send multipart/form-data with the fields in /docs"
-    return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+    return error_response(exc.status_code, code, message, headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

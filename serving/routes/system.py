@@ -1,4 +1,8 @@
-"""``GET /info`` (model card summary), ``/health/live``, ``/health/ready`` and ``/metrics``."""
+"""``GET /info`` (model card summary), ``/health/live``, ``/health/ready`` and ``/metrics``.
+
+The health routes answer ``HEAD`` as well as ``GET`` (load balancers and probes use either); the
+``HEAD`` routes are left out of the OpenAPI schema, where they would repeat the ``GET`` operations.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ async def info(service: ServiceDep) -> InfoResponse:
     return InfoResponse(
         model=card.sha256,
         model_name=card.model_name,
+        precision=raw.get("precision") if isinstance(raw.get("precision"), str) else None,
         num_classes=len(card.labels),
         labels=card.labels,
         embedding_dim=card.embedding_dim,
@@ -54,6 +59,7 @@ async def info(service: ServiceDep) -> InfoResponse:
 
 
 @health_router.get("/health/live", response_model=LiveResponse, summary="The process is up")
+@health_router.head("/health/live", include_in_schema=False)
 async def live() -> LiveResponse:
     return LiveResponse()
 
@@ -64,6 +70,7 @@ async def live() -> LiveResponse:
     responses={503: {"model": ReadyResponse, "description": "Not ready; `reasons` says why"}},
     summary="Model loaded, warmed up, on the requested device",
 )
+@health_router.head("/health/ready", include_in_schema=False)
 async def ready(request: Request) -> Response:
     service = getattr(request.app.state, "service", None)
     settings = request.app.state.settings
