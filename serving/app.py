@@ -25,7 +25,8 @@ from serving.deps import require_api_key
 from serving.errors import describe_validation_errors, install_error_handlers
 from serving.limits import BodyLimitMiddleware
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.routes import fewshot, inference, support_sets, system
+from serving.routes import fewshot, inference, support_sets, system, ui
+from serving.routing import SlashRedirect
 from serving.service import Service
 from serving.settings import Settings
 from serving.store import StoreError
@@ -36,7 +37,8 @@ DESCRIPTION = """\
 Classify, embed and few-shot classify images with an exported CLCE model (ONNX Runtime).
 
 Every error is `{"error": {"code", "message"}}` with a 4xx status. When the server runs with
-`CLCE_API_KEY`, send the key in `X-API-Key` (all routes except `/health/*` and `/metrics`).
+`CLCE_API_KEY`, send the key in `X-API-Key` (all routes except `/health/*` and `/metrics`; the web
+page at `/` and these docs ask for it once and keep it in the browser tab).
 """
 
 
@@ -87,7 +89,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # serving/routes/ui.py serves the docs from the package, and /openapi.json
+        redoc_url=None,  # behind the API key
+        openapi_url=None,
+        redirect_slashes=False,  # Starlette's redirect is absolute, built from Host: SlashRedirect instead
     )
+    app.router.default = SlashRedirect(app.router)
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.service = None
@@ -99,4 +106,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (inference.router, fewshot.router, support_sets.router, system.info_router):
         app.include_router(router, dependencies=protected)
     app.include_router(system.health_router)
+    ui.install(app, protected)
     return app

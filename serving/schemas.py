@@ -135,6 +135,7 @@ class LimitsInfo(BaseModel):
 class InfoResponse(BaseModel):
     model: str = Field(description="sha256 of encoder.onnx.")
     model_name: str
+    precision: str | None = Field(None, description="Weights of the export: `fp32` or `fp16`.")
     num_classes: int
     labels: list[str]
     embedding_dim: int

@@ -1,0 +1,116 @@
+// The Classify panel: drop or pick images, see each one's top-k classes as probability bars (POST
+// /classify). With the open-set option on, the request carries `threshold` and a result the server
+// rejects (`rejected: true`) is shown as "unknown", never confused with a class named "unknown".
+
+import { formData, plainWords, request } from "./api.js";
+import { classColour, dropZoneElement, fill, h, plural } from "./dom.js";
+import { bars, errorLine, newItem, prepareAll, setError, thumb, verdict } from "./items.js";
+import { batches, sendDroppingBadFiles } from "./upload.js";
+
+export function initClassify(root, info) {
+  const items = [];
+  const status = root.querySelector("#classify-status");
+  const list = root.querySelector("#classify-results");
+  const topK = root.querySelector("#classify-topk");
+  const openSet = root.querySelector("#classify-openset");
+  const threshold = root.querySelector("#classify-threshold");
+  let generation = 0;
+
+  root.querySelector("#classify-drop").replaceWith(
+    Object.assign(dropZoneElement("Drop images here, or choose files", add, { label: "Images to classify" }), { id: "classify-drop" }),
+  );
+  for (const control of [topK, openSet, threshold]) control.addEventListener("change", () => run(items));
+  root.querySelector("#classify-clear").addEventListener("click", () => {
+    for (const item of items) URL.revokeObjectURL(item.url);
+    items.length = 0;
+    generation += 1;
+    fill(list);
+    status.textContent = "";
+  });
+
+  function add(files) {
+    const fresh = files.map(newItem);
+    items.unshift(...fresh.reverse());
+    render();
+    run(fresh);
+  }
+
+  async function run(targets) {
+    const gen = ++generation;
+    const todo = targets.filter((item) => !item.error || item.error.fromServer);
+    for (const item of todo) {
+      item.result = null;
+      if (item.error?.fromServer) item.error = null;
+    }
+    status.textContent = todo.length ? `Classifying ${plural(todo.length, "image")}…` : "";
+    render();
+    await prepareAll(todo, info.limits);
+    const ready = todo.filter((item) => !item.error);
+    const query = { top_k: topK.value, threshold: openSet.checked ? threshold.value : null };
+    try {
+      for (const batch of batches(ready, info.limits)) {
+        const sent = await sendDroppingBadFiles(
+          { images: batch },
+          (groups) => request("classify", { method: "POST", query, body: formData({ images: groups.images.map((i) => i.prepared) }) }),
+          (item, error) => {
+            setError(item, error);
+            item.error.fromServer = true;
+          },
+        );
+        if (gen !== generation) return;
+        if (sent) sent.groups.images.forEach((item, i) => (item.result = sent.result.results[i]));
+        render();
+      }
+      status.textContent = "";
+    } catch (error) {
+      if (gen !== generation) return;
+      const words = plainWords(error);
+      status.textContent = `${words.text} ${words.detail}`.trim();
+    }
+    render();
+  }
+
+  function render() {
+    fill(list, items.map(card));
+  }
+
+  function card(item) {
+    const result = item.result;
+    const pending = !result && !item.error;
+    return h(
+      "li",
+      { class: "result", dataset: { file: item.name }, "aria-busy": pending ? "true" : null },
+      thumb(item),
+      h(
+        "div",
+        { class: "result-body" },
+        h("p", { class: "file" }, item.name),
+        result ? summary(result) : null,
+        result ? bars(result.top_k.map(probabilityRow), { label: `top ${result.top_k.length} classes of ${item.name}` }) : null,
+        pending ? h("p", { class: "muted" }, "waiting for the server…") : null,
+        errorLine(item.error),
+        item.note ? h("p", { class: "note" }, item.note) : null,
+      ),
+    );
+  }
+}
+
+function probabilityRow(entry, i) {
+  return { name: entry.label, fraction: entry.probability, colour: classColour(entry.label), text: `${(100 * entry.probability).toFixed(1)}%`, best: i === 0 };
+}
+
+/** The top-1 line: the class, or "unknown" when the server rejected the image, with the similarity. */
+function summary(result) {
+  const top = result.top_k[0];
+  const rejected = result.rejected === true;
+  const similarity = typeof result.similarity === "number" ? result.similarity : null;
+  const why = similarity === null ? "" : `similarity to the training classes ${similarity.toFixed(2)}`;
+  const label = rejected ? "unknown" : result.label ?? top?.label ?? "";
+  return h(
+    "p",
+    { class: "verdict" },
+    verdict(label, rejected, classColour(label), why),
+    !rejected && top ? h("span", { class: "verdict-value" }, `${(100 * top.probability).toFixed(1)}%`) : null,
+    why ? h("span", { class: "muted similarity" }, why) : null,
+  );
+}

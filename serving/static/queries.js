@@ -1,0 +1,143 @@
+// Teach by example, step 2: query images labelled by the support classes (POST /fewshot), each with
+// its cosine similarity to every class prototype as bars. The threshold slider relabels queries as
+// "unknown" in the page, from the scores it already has: no request is made when it moves.
+
+import { formData, plainWords, request } from "./api.js";
+import { classColour, dropZoneElement, fill, h, plural } from "./dom.js";
+import { bars, errorLine, newItem, prepareAll, setError, thumb, verdict } from "./items.js";
+import { batches, sendDroppingBadFiles } from "./upload.js";
+
+const RERUN_DELAY_MS = 250;
+
+/**
+ * `source()` says what the queries are compared with: {setId} for a stored set, or {support: items}
+ * (each item with .prepared and .label) for classes only in the page. `onSupportError()` is told when
+ * the server rejected one of those support images (it is marked on the item).
+ */
+export function initQueries(root, info, { source, onSupportError }) {
+  const queries = [];
+  const list = root.querySelector("#query-results");
+  const status = root.querySelector("#query-status");
+  const openSet = root.querySelector("#openset");
+  const slider = root.querySelector("#threshold");
+  const output = root.querySelector("#threshold-value");
+  let generation = 0;
+  let timer = null;
+
+  root.querySelector("#query-drop").replaceWith(
+    Object.assign(dropZoneElement("Drop query images here, or choose files", add, { label: "Query images" }), { id: "query-drop" }),
+  );
+  root.querySelector("#query-clear").addEventListener("click", () => {
+    for (const q of queries) URL.revokeObjectURL(q.url);
+    queries.length = 0;
+    generation += 1;
+    status.textContent = "";
+    render();
+  });
+  const relabel = () => {
+    output.value = Number(slider.value).toFixed(2);
+    slider.disabled = !openSet.checked;
+    render();
+  };
+  slider.addEventListener("input", relabel);
+  openSet.addEventListener("change", relabel);
+  relabel();
+
+  function add(files) {
+    const fresh = files.map(newItem);
+    queries.unshift(...fresh.reverse());
+    run(fresh);
+  }
+
+  /** The support changed: label every query again (after a short pause, so a burst is one run). */
+  function supportChanged() {
+    clearTimeout(timer);
+    timer = setTimeout(() => run(queries.filter((q) => !q.error)), RERUN_DELAY_MS);
+  }
+
+  async function run(targets) {
+    const gen = ++generation;
+    const src = source();
+    if (!src.setId && !src.support.length) {
+      status.textContent = targets.length ? "Add a class with at least one image: then the queries are labelled." : "";
+      render();
+      return;
+    }
+    status.textContent = targets.length ? `Labelling ${plural(targets.length, "query", "queries")}…` : "";
+    render();
+    await prepareAll([...targets, ...(src.support ?? [])], info.limits);
+    let support = (src.support ?? []).filter((item) => !item.error);
+    const todo = targets.filter((q) => !q.error);
+    try {
+      for (const batch of batches(todo, info.limits, support)) {
+        const groups = src.setId ? { queries: batch } : { support, queries: batch };
+        const sent = await sendDroppingBadFiles(groups, (g) => request("fewshot", { method: "POST", body: body(src, g) }), (item, error) => {
+          setError(item, error);
+          if (item.label !== undefined) onSupportError();
+        });
+        if (gen !== generation) return;
+        if (sent) {
+          sent.groups.queries.forEach((q, i) => (q.result = sent.result.results[i]));
+          support = sent.groups.support ?? support;
+        }
+        render();
+      }
+      status.textContent = "";
+    } catch (error) {
+      if (gen !== generation) return;
+      const words = plainWords(error);
+      status.textContent = `${words.text} ${words.detail}`.trim();
+    }
+    render();
+  }
+
+  function body(src, groups) {
+    const fields = { queries: groups.queries.map((q) => q.prepared) };
+    if (src.setId) fields.support_set_id = src.setId;
+    else {
+      fields.support = groups.support.map((item) => item.prepared);
+      fields.support_labels = groups.support.map((item) => item.label);
+    }
+    return formData(fields);
+  }
+
+  function render() {
+    fill(list, queries.map(card));
+  }
+
+  function card(q) {
+    const pending = !q.result && !q.error;
+    return h(
+      "li",
+      { class: "result query", dataset: { file: q.name }, "aria-busy": pending ? "true" : null },
+      thumb(q),
+      h(
+        "div",
+        { class: "result-body" },
+        h("p", { class: "file" }, q.name),
+        q.result ? scored(q) : null,
+        pending ? h("p", { class: "muted" }, "waiting for the server…") : null,
+        errorLine(q.error),
+        q.note ? h("p", { class: "note" }, q.note) : null,
+      ),
+    );
+  }
+
+  /** The verdict from the scores and the slider, then one bar per class, best first. */
+  function scored(q) {
+    const rows = Object.entries(q.result.scores)
+      .sort((a, b) => b[1] - a[1])
+      .map(([name, score], i) => ({ name, score, fraction: score, colour: classColour(name), text: score.toFixed(2), best: i === 0 }));
+    if (!rows.length) return null;
+    const threshold = openSet.checked ? Number(slider.value) : null;
+    const best = rows[0];
+    const rejected = threshold === null ? q.result.rejected === true : best.score < threshold;
+    const why = threshold === null ? "" : `best similarity ${best.score.toFixed(3)} is below ${threshold.toFixed(2)}`;
+    return [
+      h("p", { class: "verdict" }, verdict(best.name, rejected, best.colour, why), rejected && why ? h("span", { class: "muted" }, why) : null),
+      bars(rows, { marker: threshold, label: `cosine similarity of ${q.name} to each class` }),
+    ];
+  }
+
+  return { supportChanged, render };
+}
