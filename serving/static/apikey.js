@@ -41,10 +41,11 @@ function buildDialog() {
       <input id="key-input" name="key" type="password" autocomplete="off" spellcheck="false" required>
       <p class="key-note">Kept in this browser tab only (session storage): closing the tab forgets it.</p>
       <div class="key-buttons">
-        <button type="submit" value="cancel" formnovalidate>Cancel</button>
+        <button type="button" class="key-cancel">Cancel</button>
         <button type="submit" value="ok" class="primary">Use this key</button>
       </div>
     </form>`;
+  el.querySelector(".key-cancel").addEventListener("click", () => el.close("cancel"));
   document.body.append(el);
   return el;
 }

@@ -19,7 +19,8 @@ export function initClassify(root, info) {
   root.querySelector("#classify-drop").replaceWith(
     Object.assign(dropZoneElement("Drop images here, or choose files", add, { label: "Images to classify" }), { id: "classify-drop" }),
   );
-  for (const control of [topK, openSet, threshold]) control.addEventListener("change", () => run(items));
+  for (const control of [topK, openSet]) control.addEventListener("change", () => run(items));
+  threshold.addEventListener("change", () => openSet.checked && run(items));
   root.querySelector("#classify-clear").addEventListener("click", () => {
     for (const item of items) URL.revokeObjectURL(item.url);
     items.length = 0;
@@ -30,7 +31,7 @@ export function initClassify(root, info) {
 
   function add(files) {
     const fresh = files.map(newItem);
-    items.unshift(...fresh.reverse());
+    items.unshift(...fresh);
     render();
     run(fresh);
   }
@@ -96,7 +97,7 @@ export function initClassify(root, info) {
 }
 
 function probabilityRow(entry, i) {
-  return { name: entry.label, fraction: entry.probability, colour: classColour(entry.label), text: `${(100 * entry.probability).toFixed(1)}%`, best: i === 0 };
+  return { name: entry.label, value: entry.probability, fraction: entry.probability, colour: classColour(entry.label), text: `${(100 * entry.probability).toFixed(1)}%`, best: i === 0 };
 }
 
 /** The top-1 line: the class, or "unknown" when the server rejected the image, with the similarity. */
@@ -104,7 +105,12 @@ function summary(result) {
   const top = result.top_k[0];
   const rejected = result.rejected === true;
   const similarity = typeof result.similarity === "number" ? result.similarity : null;
-  const why = similarity === null ? "" : `similarity to the training classes ${similarity.toFixed(2)}`;
+  let why = "";
+  if (similarity !== null) {
+    why = rejected
+      ? `not like any training class: similarity ${similarity.toFixed(2)}`
+      : `similarity to the training classes ${similarity.toFixed(2)}`;
+  }
   const label = rejected ? "unknown" : result.label ?? top?.label ?? "";
   return h(
     "p",

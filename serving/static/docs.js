@@ -25,6 +25,7 @@ async function main() {
     dom_id: "#swagger-ui",
     layout: "BaseLayout",
     deepLinking: true,
+    validatorUrl: null, // the default badge would be fetched from another host
     presets: [ui.presets.apis, ui.SwaggerUIStandalonePreset],
     requestInterceptor: (req) => {
       const key = currentKey();

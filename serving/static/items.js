@@ -44,7 +44,7 @@ export function errorLine(error) {
   return h("p", { class: "error", role: "alert" }, h("strong", {}, error.text), error.detail ? h("span", { class: "detail" }, ` ${error.detail}`) : null);
 }
 
-/** The bars of one result: rows of {name, value, colour, fraction (0–1), text}. */
+/** The bars of one result: rows of {name, value (the number), fraction (bar length, 0–1), colour, text, best}. */
 export function bars(rows, { marker = null, label = "scores" } = {}) {
   return h(
     "ol",
@@ -52,7 +52,7 @@ export function bars(rows, { marker = null, label = "scores" } = {}) {
     rows.map((row) =>
       h(
         "li",
-        { class: row.best ? "bar best" : "bar", dataset: { label: row.name } },
+        { class: row.best ? "bar best" : "bar", dataset: { label: row.name, value: String(row.value) } },
         h("span", { class: "bar-name" }, row.name),
         h(
           "span",
@@ -73,7 +73,6 @@ export function verdict(label, rejected, colour, why = "") {
       { class: "label rejected", dataset: { rejected: "true" }, title: why || "no class is close enough" },
       h("span", { class: "rejected-mark", "aria-hidden": "true" }, "?"),
       "unknown",
-      h("span", { class: "visually-hidden" }, why ? ` (rejected: ${why})` : " (rejected)"),
     );
   }
   return h("span", { class: "label", dataset: { rejected: "false" }, vars: { c: colour } }, label);

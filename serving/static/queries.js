@@ -45,7 +45,7 @@ export function initQueries(root, info, { source, onSupportError }) {
 
   function add(files) {
     const fresh = files.map(newItem);
-    queries.unshift(...fresh.reverse());
+    queries.unshift(...fresh);
     run(fresh);
   }
 
@@ -127,12 +127,12 @@ export function initQueries(root, info, { source, onSupportError }) {
   function scored(q) {
     const rows = Object.entries(q.result.scores)
       .sort((a, b) => b[1] - a[1])
-      .map(([name, score], i) => ({ name, score, fraction: score, colour: classColour(name), text: score.toFixed(2), best: i === 0 }));
+      .map(([name, score], i) => ({ name, value: score, fraction: score, colour: classColour(name), text: score.toFixed(2), best: i === 0 }));
     if (!rows.length) return null;
     const threshold = openSet.checked ? Number(slider.value) : null;
     const best = rows[0];
-    const rejected = threshold === null ? q.result.rejected === true : best.score < threshold;
-    const why = threshold === null ? "" : `best similarity ${best.score.toFixed(3)} is below ${threshold.toFixed(2)}`;
+    const rejected = threshold === null ? q.result.rejected === true : best.value < threshold;
+    const why = threshold === null ? "" : `best similarity ${best.value.toFixed(3)} is below ${threshold.toFixed(2)}`;
     return [
       h("p", { class: "verdict" }, verdict(best.name, rejected, best.colour, why), rejected && why ? h("span", { class: "muted" }, why) : null),
       bars(rows, { marker: threshold, label: `cosine similarity of ${q.name} to each class` }),

@@ -15,10 +15,11 @@ export function initSets(root, { onOpen, onDeleted, openId }) {
   const list = root.querySelector("#set-list");
   const status = root.querySelector("#sets-status");
 
-  async function refresh() {
+  /** Read the list again; `message` (e.g. what was just done) is shown above it. */
+  async function refresh(message = "") {
     try {
       const { support_sets: sets } = await request("support-sets");
-      status.textContent = sets.length ? "" : "No saved support sets yet.";
+      status.textContent = [message, sets.length ? "" : "No saved support sets yet."].join(" ").trim();
       fill(list, sets.map(row));
     } catch (error) {
       status.textContent = plainWords(error).text;
@@ -68,15 +69,16 @@ export function initSets(root, { onOpen, onDeleted, openId }) {
       }, CONFIRM_MS);
       return;
     }
+    let message;
     try {
       await request(`support-sets/${encodeURIComponent(set.id)}`, { method: "DELETE" });
       forgetThumbs(set.id);
       onDeleted(set.id);
-      status.textContent = `Deleted “${set.name}”.`;
+      message = `Deleted “${set.name}”.`;
     } catch (error) {
-      status.textContent = plainWords(error).text;
+      message = plainWords(error).text;
     }
-    await refresh();
+    await refresh(message);
   }
 
   return { refresh };

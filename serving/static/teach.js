@@ -50,14 +50,16 @@ export function initTeach(root, info) {
     event.preventDefault();
     save(root.querySelector("#set-name").value.trim());
   });
-  root.querySelector("#new-set").addEventListener("click", startNew);
+  root.querySelector("#new-set").addEventListener("click", () => {
+    startNew();
+    sets.refresh();
+  });
 
   function startNew() {
     state.set = null;
     state.classes = [];
     status.textContent = "";
     render();
-    sets.refresh();
     queries.supportChanged();
   }
 
