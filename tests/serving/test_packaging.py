@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,3 +77,32 @@ def test_serving_imports_no_torch_and_nothing_from_training() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_web_page(tmp_path: Path) -> None:
+    """The page's files are package data, so the wheel (and so the Docker images) serve them."""
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "clce_core", "training", "serving"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, src / name)  # a copy: building writes build/ and *.egg-info beside the sources
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(tmp_path),
+    ]
+    subprocess.run([*cmd, str(src)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("clce-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    static = REPO / "serving" / "static"
+    wanted = {f"serving/static/{p.name}" for p in static.iterdir() if p.is_file()}
+    assert "serving/static/index.html" in wanted and wanted <= names, sorted(wanted - names)
