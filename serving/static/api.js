@@ -46,7 +46,9 @@ export function plainWords(error) {
   if (!(error instanceof ApiError)) return { text: String(error?.message ?? error), detail: "" };
   const text =
     PLAIN[error.code] ??
-    (error.status === 422 ? "The server did not accept the request." : `The server refused the request (HTTP ${error.status}).`);
+    (error.status === 422
+      ? "The server did not accept the request."
+      : `The server refused the request (HTTP ${error.status}).`);
   const detail = error.code === "network" ? "" : error.detail;
   return { text, detail };
 }

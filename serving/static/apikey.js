@@ -2,6 +2,7 @@
 // (never localStorage, never a cookie), sent as X-API-Key. Used by the page and by the docs pages.
 
 const STORAGE_KEY = "clce.apiKey";
+let memory = null; // the key typed in this page, for when sessionStorage is switched off
 
 function storedKey() {
   try {
@@ -20,7 +21,6 @@ function setKey(key) {
   memory = key;
 }
 
-let memory = null;
 /** The key to send: the stored one, or the one typed in this page when storage is off. */
 export function currentKey() {
   return storedKey() ?? memory;

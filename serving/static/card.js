@@ -3,10 +3,17 @@
 
 import { fill, formatBytes, formatPixels, h, plural } from "./dom.js";
 
-const METRIC_NAMES = { val_top1: "val top-1", test_top1: "test top-1", val_top5: "val top-5", test_top5: "test top-5" };
+const METRIC_NAMES = {
+  val_top1: "val top-1",
+  test_top1: "test top-1",
+  val_top5: "val top-5",
+  test_top5: "test top-5",
+};
 
 function fact(name, value) {
-  return value === null || value === undefined || value === "" ? null : h("div", { class: "fact" }, h("dt", {}, name), h("dd", {}, value));
+  return value === null || value === undefined || value === ""
+    ? null
+    : h("div", { class: "fact" }, h("dt", {}, name), h("dd", {}, value));
 }
 
 function metrics(card) {
@@ -27,7 +34,10 @@ function loss(card) {
 export function renderCard(el, card) {
   const [, height, width] = card.input_size;
   const limits = card.limits;
-  const classes = card.labels.length <= 12 ? card.labels.join(", ") : `${card.labels.slice(0, 12).join(", ")}, … (${card.labels.length - 12} more)`;
+  const classes =
+    card.labels.length <= 12
+      ? card.labels.join(", ")
+      : `${card.labels.slice(0, 12).join(", ")}, … (${card.labels.length - 12} more)`;
   fill(
     el,
     h(
@@ -52,7 +62,9 @@ export function renderCard(el, card) {
         fact("Runs on", `${card.device} (${card.providers.join(", ")})`),
         fact("Per request", `${plural(limits.max_files, "file")}, ${formatBytes(limits.max_upload_bytes)}`),
         fact("Per image", formatPixels(limits.max_image_pixels)),
-        limits.max_request_pixels ? fact("Pixels per request", formatPixels(limits.max_request_pixels)) : null,
+        limits.max_request_pixels
+          ? fact("Pixels per request", formatPixels(limits.max_request_pixels))
+          : null,
         fact("Exported", card.created),
       ),
     ),

@@ -2,10 +2,10 @@
 // /classify). With the open-set option on, the request carries `threshold` and a result the server
 // rejects (`rejected: true`) is shown as "unknown", never confused with a class named "unknown".
 
-import { formData, plainWords, request } from "./api.js";
+import { formData, request } from "./api.js";
 import { classColour, dropZoneElement, fill, h, plural } from "./dom.js";
-import { bars, errorLine, newItem, prepareAll, setError, thumb, verdict } from "./items.js";
-import { batches, sendDroppingBadFiles } from "./upload.js";
+import { bars, newItem, prepareAll, resultCard, setError, verdict } from "./items.js";
+import { sendInBatches } from "./upload.js";
 
 export function initClassify(root, info) {
   const items = [];
@@ -16,9 +16,14 @@ export function initClassify(root, info) {
   const threshold = root.querySelector("#classify-threshold");
   let generation = 0;
 
-  root.querySelector("#classify-drop").replaceWith(
-    Object.assign(dropZoneElement("Drop images here, or choose files", add, { label: "Images to classify" }), { id: "classify-drop" }),
-  );
+  root
+    .querySelector("#classify-drop")
+    .replaceWith(
+      Object.assign(
+        dropZoneElement("Drop images here, or choose files", add, { label: "Images to classify" }),
+        { id: "classify-drop" },
+      ),
+    );
   for (const control of [topK, openSet]) control.addEventListener("change", () => run(items));
   threshold.addEventListener("change", () => openSet.checked && run(items));
   root.querySelector("#classify-clear").addEventListener("click", () => {
@@ -46,28 +51,26 @@ export function initClassify(root, info) {
     status.textContent = todo.length ? `Classifying ${plural(todo.length, "image")}…` : "";
     render();
     await prepareAll(todo, info.limits);
-    const ready = todo.filter((item) => !item.error);
     const query = { top_k: topK.value, threshold: openSet.checked ? threshold.value : null };
-    try {
-      for (const batch of batches(ready, info.limits)) {
-        const sent = await sendDroppingBadFiles(
-          { images: batch },
-          (groups) => request("classify", { method: "POST", query, body: formData({ images: groups.images.map((i) => i.prepared) }) }),
-          (item, error) => {
-            setError(item, error);
-            item.error.fromServer = true;
-          },
-        );
-        if (gen !== generation) return;
-        if (sent) sent.groups.images.forEach((item, i) => (item.result = sent.result.results[i]));
-        render();
-      }
-      status.textContent = "";
-    } catch (error) {
-      if (gen !== generation) return;
-      const words = plainWords(error);
-      status.textContent = `${words.text} ${words.detail}`.trim();
-    }
+    const message = await sendInBatches({
+      items: todo.filter((item) => !item.error),
+      field: "images",
+      limits: info.limits,
+      send: (groups) =>
+        request("classify", {
+          method: "POST",
+          query,
+          body: formData({ images: groups.images.map((i) => i.prepared) }),
+        }),
+      onFileError: (item, error) => {
+        setError(item, error);
+        item.error.fromServer = true;
+      },
+      stale: () => gen !== generation,
+      render,
+    });
+    if (gen !== generation) return;
+    status.textContent = message;
     render();
   }
 
@@ -76,28 +79,22 @@ export function initClassify(root, info) {
   }
 
   function card(item) {
-    const result = item.result;
-    const pending = !result && !item.error;
-    return h(
-      "li",
-      { class: "result", dataset: { file: item.name }, "aria-busy": pending ? "true" : null },
-      thumb(item),
-      h(
-        "div",
-        { class: "result-body" },
-        h("p", { class: "file" }, item.name),
-        result ? summary(result) : null,
-        result ? bars(result.top_k.map(probabilityRow), { label: `top ${result.top_k.length} classes of ${item.name}` }) : null,
-        pending ? h("p", { class: "muted" }, "waiting for the server…") : null,
-        errorLine(item.error),
-        item.note ? h("p", { class: "note" }, item.note) : null,
-      ),
-    );
+    return resultCard(item, (result) => [
+      summary(result),
+      bars(result.top_k.map(probabilityRow), { label: `top ${result.top_k.length} classes of ${item.name}` }),
+    ]);
   }
 }
 
 function probabilityRow(entry, i) {
-  return { name: entry.label, value: entry.probability, fraction: entry.probability, colour: classColour(entry.label), text: `${(100 * entry.probability).toFixed(1)}%`, best: i === 0 };
+  return {
+    name: entry.label,
+    value: entry.probability,
+    fraction: entry.probability,
+    colour: classColour(entry.label),
+    text: `${(100 * entry.probability).toFixed(1)}%`,
+    best: i === 0,
+  };
 }
 
 /** The top-1 line: the class, or "unknown" when the server rejected the image, with the similarity. */
@@ -111,7 +108,7 @@ function summary(result) {
       ? `not like any training class: similarity ${similarity.toFixed(2)}`
       : `similarity to the training classes ${similarity.toFixed(2)}`;
   }
-  const label = rejected ? "unknown" : result.label ?? top?.label ?? "";
+  const label = rejected ? "unknown" : (result.label ?? top?.label ?? "");
   return h(
     "p",
     { class: "verdict" },

@@ -32,7 +32,7 @@ export function fill(el, ...children) {
  * Make `zone` (a <label> around a file <input>) accept dropped files as well as picked ones.
  * `onFiles` gets an array of File objects; the input is cleared so the same file can be picked again.
  */
-export function dropZone(zone, input, onFiles) {
+function dropZone(zone, input, onFiles) {
   input.addEventListener("change", () => {
     const picked = [...input.files];
     input.value = "";
@@ -53,8 +53,19 @@ export function dropZone(zone, input, onFiles) {
 
 /** A drop zone element: a label with a visually hidden (still focusable) multiple-file input. */
 export function dropZoneElement(text, onFiles, { small = false, label = text } = {}) {
-  const input = h("input", { type: "file", multiple: true, accept: "image/*", class: "file-input", "aria-label": label });
-  const zone = h("label", { class: small ? "drop small" : "drop" }, input, h("span", { class: "drop-text" }, text));
+  const input = h("input", {
+    type: "file",
+    multiple: true,
+    accept: "image/*",
+    class: "file-input",
+    "aria-label": label,
+  });
+  const zone = h(
+    "label",
+    { class: small ? "drop small" : "drop" },
+    input,
+    h("span", { class: "drop-text" }, text),
+  );
   dropZone(zone, input, onFiles);
   return zone;
 }

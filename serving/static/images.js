@@ -21,7 +21,7 @@ export function byteBudget(limits) {
 }
 
 /** Most pixels one image may have: the per-image limit, and the per-request one where there is one. */
-export function pixelCap(limits) {
+function pixelCap(limits) {
   return Math.min(limits.max_image_pixels, limits.max_request_pixels ?? Infinity);
 }
 
@@ -92,7 +92,13 @@ export async function thumbnail(file, size = 96) {
   if (!bitmap) return null;
   try {
     const scale = Math.min(1, size / Math.max(bitmap.width, bitmap.height));
-    const blob = await encode(bitmap, Math.max(1, Math.round(bitmap.width * scale)), Math.max(1, Math.round(bitmap.height * scale)), "image/jpeg", 0.75);
+    const blob = await encode(
+      bitmap,
+      Math.max(1, Math.round(bitmap.width * scale)),
+      Math.max(1, Math.round(bitmap.height * scale)),
+      "image/jpeg",
+      0.75,
+    );
     return await new Promise((resolve) => {
       const reader = new FileReader();
       reader.onload = () => resolve(reader.result);

@@ -41,11 +41,22 @@ async function main() {
     info = await request("info");
   } catch (error) {
     const words = plainWords(error);
-    fill(cardEl, h("p", { class: "error", role: "alert" }, h("strong", {}, words.text), ` ${words.detail}`, " Reload the page to try again."));
+    fill(
+      cardEl,
+      h(
+        "p",
+        { class: "error", role: "alert" },
+        h("strong", {}, words.text),
+        ` ${words.detail}`,
+        " Reload the page to try again.",
+      ),
+    );
     return;
   }
   renderCard(cardEl, info);
-  document.getElementById("key-button").addEventListener("click", () => askKey("Type the server's API key (CLCE_API_KEY)."));
+  document
+    .getElementById("key-button")
+    .addEventListener("click", () => askKey("Type the server's API key (CLCE_API_KEY)."));
   initTabs();
   initClassify(document.getElementById("panel-classify"), info);
   initTeach(document.getElementById("panel-teach"), info);

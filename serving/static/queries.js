@@ -2,10 +2,10 @@
 // its cosine similarity to every class prototype as bars. The threshold slider relabels queries as
 // "unknown" in the page, from the scores it already has: no request is made when it moves.
 
-import { formData, plainWords, request } from "./api.js";
+import { formData, request } from "./api.js";
 import { classColour, dropZoneElement, fill, h, plural } from "./dom.js";
-import { bars, errorLine, newItem, prepareAll, setError, thumb, verdict } from "./items.js";
-import { batches, sendDroppingBadFiles } from "./upload.js";
+import { bars, newItem, prepareAll, resultCard, setError, verdict } from "./items.js";
+import { sendInBatches } from "./upload.js";
 
 const RERUN_DELAY_MS = 250;
 
@@ -24,9 +24,14 @@ export function initQueries(root, info, { source, onSupportError }) {
   let generation = 0;
   let timer = null;
 
-  root.querySelector("#query-drop").replaceWith(
-    Object.assign(dropZoneElement("Drop query images here, or choose files", add, { label: "Query images" }), { id: "query-drop" }),
-  );
+  root
+    .querySelector("#query-drop")
+    .replaceWith(
+      Object.assign(
+        dropZoneElement("Drop query images here, or choose files", add, { label: "Query images" }),
+        { id: "query-drop" },
+      ),
+    );
   root.querySelector("#query-clear").addEventListener("click", () => {
     for (const q of queries) URL.revokeObjectURL(q.url);
     queries.length = 0;
@@ -59,35 +64,30 @@ export function initQueries(root, info, { source, onSupportError }) {
     const gen = ++generation;
     const src = source();
     if (!src.setId && !src.support.length) {
-      status.textContent = targets.length ? "Add a class with at least one image: then the queries are labelled." : "";
+      status.textContent = targets.length
+        ? "Add a class with at least one image: then the queries are labelled."
+        : "";
       render();
       return;
     }
     status.textContent = targets.length ? `Labelling ${plural(targets.length, "query", "queries")}…` : "";
     render();
     await prepareAll([...targets, ...(src.support ?? [])], info.limits);
-    let support = (src.support ?? []).filter((item) => !item.error);
-    const todo = targets.filter((q) => !q.error);
-    try {
-      for (const batch of batches(todo, info.limits, support)) {
-        const groups = src.setId ? { queries: batch } : { support, queries: batch };
-        const sent = await sendDroppingBadFiles(groups, (g) => request("fewshot", { method: "POST", body: body(src, g) }), (item, error) => {
-          setError(item, error);
-          if (item.label !== undefined) onSupportError();
-        });
-        if (gen !== generation) return;
-        if (sent) {
-          sent.groups.queries.forEach((q, i) => (q.result = sent.result.results[i]));
-          support = sent.groups.support ?? support;
-        }
-        render();
-      }
-      status.textContent = "";
-    } catch (error) {
-      if (gen !== generation) return;
-      const words = plainWords(error);
-      status.textContent = `${words.text} ${words.detail}`.trim();
-    }
+    const message = await sendInBatches({
+      items: targets.filter((q) => !q.error),
+      field: "queries",
+      limits: info.limits,
+      support: src.setId ? null : src.support.filter((item) => !item.error),
+      send: (groups) => request("fewshot", { method: "POST", body: body(src, groups) }),
+      onFileError: (item, error) => {
+        setError(item, error);
+        if (item.label !== undefined) onSupportError();
+      },
+      stale: () => gen !== generation,
+      render,
+    });
+    if (gen !== generation) return;
+    status.textContent = message;
     render();
   }
 
@@ -106,35 +106,34 @@ export function initQueries(root, info, { source, onSupportError }) {
   }
 
   function card(q) {
-    const pending = !q.result && !q.error;
-    return h(
-      "li",
-      { class: "result query", dataset: { file: q.name }, "aria-busy": pending ? "true" : null },
-      thumb(q),
-      h(
-        "div",
-        { class: "result-body" },
-        h("p", { class: "file" }, q.name),
-        q.result ? scored(q) : null,
-        pending ? h("p", { class: "muted" }, "waiting for the server…") : null,
-        errorLine(q.error),
-        q.note ? h("p", { class: "note" }, q.note) : null,
-      ),
-    );
+    return resultCard(q, () => scored(q), "result query");
   }
 
   /** The verdict from the scores and the slider, then one bar per class, best first. */
   function scored(q) {
     const rows = Object.entries(q.result.scores)
       .sort((a, b) => b[1] - a[1])
-      .map(([name, score], i) => ({ name, value: score, fraction: score, colour: classColour(name), text: score.toFixed(2), best: i === 0 }));
+      .map(([name, score], i) => ({
+        name,
+        value: score,
+        fraction: score,
+        colour: classColour(name),
+        text: score.toFixed(2),
+        best: i === 0,
+      }));
     if (!rows.length) return null;
     const threshold = openSet.checked ? Number(slider.value) : null;
     const best = rows[0];
     const rejected = threshold === null ? q.result.rejected === true : best.value < threshold;
-    const why = threshold === null ? "" : `best similarity ${best.value.toFixed(3)} is below ${threshold.toFixed(2)}`;
+    const why =
+      threshold === null ? "" : `best similarity ${best.value.toFixed(3)} is below ${threshold.toFixed(2)}`;
     return [
-      h("p", { class: "verdict" }, verdict(best.name, rejected, best.colour, why), rejected && why ? h("span", { class: "muted" }, why) : null),
+      h(
+        "p",
+        { class: "verdict" },
+        verdict(best.name, rejected, best.colour, why),
+        rejected && why ? h("span", { class: "muted" }, why) : null,
+      ),
       bars(rows, { marker: threshold, label: `cosine similarity of ${q.name} to each class` }),
     ];
   }

@@ -29,8 +29,16 @@ export function initSets(root, { onOpen, onDeleted, openId }) {
   function row(set) {
     const classes = Object.keys(set.classes);
     const open = set.id === openId();
-    const openButton = h("button", { type: "button", class: "small", disabled: !set.compatible || open, onclick: () => openSet(set.id) }, open ? "Opened" : "Open");
-    const deleteButton = h("button", { type: "button", class: "small danger", onclick: () => remove(set, deleteButton) }, "Delete");
+    const openButton = h(
+      "button",
+      { type: "button", class: "small", disabled: !set.compatible || open, onclick: () => openSet(set.id) },
+      open ? "Opened" : "Open",
+    );
+    const deleteButton = h(
+      "button",
+      { type: "button", class: "small danger", onclick: () => remove(set, deleteButton) },
+      "Delete",
+    );
     return h(
       "li",
       { class: open ? "set open" : "set", dataset: { id: set.id, name: set.name } },

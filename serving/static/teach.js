@@ -79,7 +79,10 @@ export function initTeach(root, info) {
     render();
     await prepareAll(fresh, info.limits);
     if (state.set) {
-      await upload(fresh.filter((i) => !i.error), state.set.id);
+      await upload(
+        fresh.filter((i) => !i.error),
+        state.set.id,
+      );
       sets.refresh();
     }
     render();
@@ -99,9 +102,16 @@ export function initTeach(root, info) {
         const sent = await sendDroppingBadFiles(
           { support: batch },
           ({ support }) => {
-            const fields = { support: support.map((i) => i.prepared), support_labels: support.map((i) => i.label) };
+            const fields = {
+              support: support.map((i) => i.prepared),
+              support_labels: support.map((i) => i.label),
+            };
             const id = set?.id ?? setId;
-            if (id) return request(`support-sets/${encodeURIComponent(id)}/images`, { method: "POST", body: formData(fields) });
+            if (id)
+              return request(`support-sets/${encodeURIComponent(id)}/images`, {
+                method: "POST",
+                body: formData(fields),
+              });
             return request("support-sets", { method: "POST", body: formData({ name, ...fields }) });
           },
           setError,
@@ -133,7 +143,8 @@ export function initTeach(root, info) {
     }
     status.textContent = `Saving ${plural(items.length, "image")}…`;
     const set = await upload(items, null, name);
-    if (set) status.textContent = `Saved “${set.name}”: the server keeps its embeddings, and images you add now go straight to it.`;
+    if (set)
+      status.textContent = `Saved “${set.name}”: the server keeps its embeddings, and images you add now go straight to it.`;
     render();
     await sets.refresh();
     queries.supportChanged();
@@ -145,8 +156,16 @@ export function initTeach(root, info) {
     fill(
       badge,
       stored
-        ? h("span", { class: "badge saved" }, `Saved set “${stored.name}” · ${plural(stored.num_images, "image")}`)
-        : h("span", { class: "badge" }, state.classes.length ? "Not saved: kept in this page only" : "Add a class to start"),
+        ? h(
+            "span",
+            { class: "badge saved" },
+            `Saved set “${stored.name}” · ${plural(stored.num_images, "image")}`,
+          )
+        : h(
+            "span",
+            { class: "badge" },
+            state.classes.length ? "Not saved: kept in this page only" : "Add a class to start",
+          ),
     );
     fill(list, state.classes.map(classCard));
   }
@@ -166,28 +185,71 @@ export function initTeach(root, info) {
         h("span", { class: "swatch", "aria-hidden": "true" }),
         h("h3", { class: "class-name" }, cls.name),
         h("span", { class: "count muted" }, plural(count, "image")),
-        removable ? h("button", { type: "button", class: "icon", "aria-label": `Remove class ${cls.name}`, onclick: () => removeClass(cls) }, "×") : null,
+        removable
+          ? h(
+              "button",
+              {
+                type: "button",
+                class: "icon",
+                "aria-label": `Remove class ${cls.name}`,
+                onclick: () => removeClass(cls),
+              },
+              "×",
+            )
+          : null,
       ),
       h(
         "div",
         { class: "thumbs" },
         cls.kept.map((url) => h("img", { class: "thumb small kept", src: url, alt: "" })),
-        hidden > 0 ? h("span", { class: "thumb small on-server", title: "kept on the server; this browser has no picture of them" }, `+${hidden}`) : null,
+        hidden > 0
+          ? h(
+              "span",
+              {
+                class: "thumb small on-server",
+                title: "kept on the server; this browser has no picture of them",
+              },
+              `+${hidden}`,
+            )
+          : null,
         cls.items.map((item) => supportThumb(cls, item)),
-        dropZoneElement("+ images", (files) => addImages(cls, files), { small: true, label: `Add images to ${cls.name}` }),
+        dropZoneElement("+ images", (files) => addImages(cls, files), {
+          small: true,
+          label: `Add images to ${cls.name}`,
+        }),
       ),
-      cls.items.filter((i) => i.error).map((i) => h("div", { class: "file-error", dataset: { file: i.name } }, h("span", { class: "file" }, i.name), errorLine(i.error))),
+      cls.items
+        .filter((i) => i.error)
+        .map((i) =>
+          h(
+            "div",
+            { class: "file-error", dataset: { file: i.name } },
+            h("span", { class: "file" }, i.name),
+            errorLine(i.error),
+          ),
+        ),
     );
   }
 
   function supportThumb(cls, item) {
-    const classes = ["support-item", item.error ? "failed" : "", item.sending ? "sending" : ""].join(" ").trim();
+    const classes = ["support-item", item.error ? "failed" : "", item.sending ? "sending" : ""]
+      .join(" ")
+      .trim();
     return h(
       "span",
       { class: classes, dataset: { file: item.name }, title: item.note || item.name },
       thumb(item, "thumb small"),
       !state.set && !item.stored
-        ? h("button", { type: "button", class: "remove", "aria-label": `Remove ${item.name} from ${cls.name}`, onclick: () => removeItem(cls, item) }, "×")
+        ? h(
+            "button",
+            {
+              type: "button",
+              class: "remove",
+              "aria-label": `Remove ${item.name} from ${cls.name}`,
+              onclick: () => removeItem(cls, item),
+            },
+            "×",
+          )
         : null,
     );
   }

@@ -2,7 +2,7 @@
 // bytes and, where the server has one, decoded pixels per request), and when the server names one
 // bad file ("queries[2]: ..."), mark that file and send the others again.
 
-import { ApiError } from "./api.js";
+import { ApiError, plainWords } from "./api.js";
 import { byteBudget, TooLarge } from "./images.js";
 import { plural } from "./dom.js";
 
@@ -44,7 +44,9 @@ export function batches(items, limits, reserved = []) {
       throw new TooLarge(`${item.prepared.name} does not fit in one request beside the support images.`);
     }
     const fits =
-      used.files + 1 <= room.files && used.bytes + one.bytes <= room.bytes && used.pixels + one.pixels <= room.pixels;
+      used.files + 1 <= room.files &&
+      used.bytes + one.bytes <= room.bytes &&
+      used.pixels + one.pixels <= room.pixels;
     if (!fits && current.length) {
       out.push(current);
       current = [];
@@ -76,5 +78,40 @@ export async function sendDroppingBadFiles(groups, send, onFileError) {
       current = { ...current, [error.field]: list.filter((item) => item !== bad) };
       if (Object.values(current).some((items) => items.length === 0)) return null;
     }
+  }
+}
+
+/**
+ * Send `items` under `field` in batches and give each its row of the answer (`item.result`). With
+ * `support` (items), every request carries them too, and a support image the server refuses is
+ * left out of the following requests. `stale()` says the page has moved on (stop quietly).
+ * Resolves to "" when done, or the plain words of the error that stopped it.
+ */
+export async function sendInBatches({
+  items,
+  field,
+  limits,
+  support = null,
+  send,
+  onFileError,
+  stale,
+  render,
+}) {
+  let reserved = support ?? [];
+  try {
+    for (const batch of batches(items, limits, reserved)) {
+      const groups = support ? { support: reserved, [field]: batch } : { [field]: batch };
+      const sent = await sendDroppingBadFiles(groups, send, onFileError);
+      if (stale()) return "";
+      if (sent) {
+        sent.groups[field].forEach((item, i) => (item.result = sent.result.results[i]));
+        reserved = sent.groups.support ?? reserved;
+      }
+      render();
+    }
+    return "";
+  } catch (error) {
+    const words = plainWords(error);
+    return `${words.text} ${words.detail}`.trim();
   }
 }
