@@ -4,8 +4,9 @@ The server runs as a real process (``python -m serving``) on a real export: Effi
 with its packaged ImageNet weights (offline), fine-tuned for one step at 96 px on crops of
 scikit-image's photographs (the training API), exported with ``python -m training.export``. (A
 randomly initialised tiny model puts every photograph at cosine 0.97-0.99 to every other, so its
-few-shot labels flip; the pretrained encoder separates them by 0.4 and more.) The server needs an API key, takes 8 files per request and 200,000
-pixels per image, so the page must ask for the key, split requests and shrink the full photographs.
+few-shot labels flip; the pretrained encoder separates them by 0.4 and more.) The server needs an
+API key, takes 8 files per request and 200,000 pixels per image, so the page must ask for the key,
+split requests and shrink the full photographs. Helpers that drive the page: browser_kit.py.
 
 Screenshots of every state go to ``$CLCE_SCREENSHOT_DIR`` (or a pytest temporary folder, printed).
 """
@@ -15,37 +16,30 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from email import policy
-from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
+from tests.serving.browser_kit import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Tab,
+    crops,
+    labels,
+    photographs,
+    sent_images,
+    wait_labelled,
+)
 from tests.serving.conftest import REPO, free_port, server_process
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Without the background-networking flags Chromium keeps trying to reach Google's services.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 KEY = "browser-test-key"
 MAX_FILES = 8
 MAX_IMAGE_PIXELS = 200_000
@@ -54,39 +48,15 @@ PHONE = {"width": 375, "height": 812}
 TAUGHT = ("astronaut", "cat", "coffee")  # the classes taught by example (the model was trained on others too)
 
 
-def _photos() -> dict[str, np.ndarray]:
-    from skimage import data
-
-    return {
-        "cat": data.chelsea(),
-        "coffee": data.coffee(),
-        "rocket": data.rocket(),
-        "astronaut": data.astronaut(),
-    }
-
-
-def _crops(image: np.ndarray, n: int, seed: int) -> list[Image.Image]:
-    """``n`` crops of 60–90 % of each side, every second one mirrored."""
-    rng = np.random.default_rng(seed)
-    h, w = image.shape[:2]
-    out = []
-    for i in range(n):
-        ch, cw = int(h * rng.uniform(0.6, 0.9)), int(w * rng.uniform(0.6, 0.9))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = image[y : y + ch, x : x + cw]
-        out.append(Image.fromarray(np.ascontiguousarray(crop[:, ::-1] if i % 2 else crop)))
-    return out
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Real image files: support crops (JPEG), the whole photographs as queries (PNG), a text file."""
     root = tmp_path_factory.mktemp("photos")
     support: dict[str, list[Path]] = {}
     queries: dict[str, Path] = {}
-    for name, image in _photos().items():
+    for name, image in photographs().items():
         support[name] = []
-        for i, crop in enumerate(_crops(image, 3, seed=len(name))):
+        for i, crop in enumerate(crops(image, 3, seed=len(name))):
             path = root / f"{name}-{i}.jpg"
             crop.save(path, quality=90)
             support[name].append(path)
@@ -104,10 +74,10 @@ def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("browser-export")
     for split, n in {"train": 4, "val": 2, "test": 2}.items():
-        for name, image in _photos().items():
+        for name, image in photographs().items():
             folder = root / "data" / split / name
             folder.mkdir(parents=True)
-            for i, crop in enumerate(_crops(image, n, seed=hash(split) % 997)):
+            for i, crop in enumerate(crops(image, n, seed=hash(split) % 997)):
                 crop.save(folder / f"{i}.jpg", quality=90)
     args = [
         "--dataset", "imagefolder", "--data-dir", str(root / "data"), "--model", "tf_efficientnet_lite0",
@@ -159,96 +129,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-class Tab:
-    """One browser tab on the server, with what it requested and what went wrong in it."""
-
-    def __init__(
-        self,
-        browser: Any,
-        base: str,
-        viewport: dict[str, int],
-        shots: Path,
-        prefix: str,
-        fake: dict[str, str] | None = None,
-    ) -> None:
-        self.context = browser.new_context(viewport=viewport)
-        self.base, self.shots, self.prefix = base, shots, prefix
-        self.fake = fake or {}  # {path: JSON body}: answers the page gets instead of the server's
-        self.outside: list[str] = []  # requests to any other host: there must be none
-        self.requests: list[tuple[str, str]] = []  # (method, path)
-        self.errors: list[str] = []
-        self.context.route("**/*", self._only_this_server)
-        self.page = self.context.new_page()
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: self.requests.append((r.method, urlsplit(r.url).path)))
-
-    def _only_this_server(self, route: Any) -> None:
-        url = route.request.url
-        path = urlsplit(url).path
-        if url.startswith(self.base) and path in self.fake:
-            route.fulfill(status=200, content_type="application/json", body=self.fake[path])
-        elif url.startswith(self.base) or url.startswith(("data:", "blob:")):
-            route.continue_()
-        else:
-            self.outside.append(url)
-            route.abort()
-
-    def count(self, method: str, path: str) -> int:
-        return self.requests.count((method, path))
-
-    def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.shots / f"{self.prefix}-{name}.png"), full_page=True)
-
-    def open(self, path: str = "/", key: bool = True) -> None:
-        """Load a page; ``key``: the key dialog must come up, and the key is typed into it."""
-        self.page.goto(self.base + path)
-        if key:
-            dialog = self.page.locator("dialog.key-dialog")
-            dialog.wait_for(state="visible")
-            assert "needs an API key" in dialog.inner_text()
-            self.shot("api-key")
-            self.page.fill("#key-input", KEY)
-            self.page.keyboard.press("Enter")
-        if path == "/":
-            self.page.wait_for_selector("body[data-ready=true]")
-
-    def close(self) -> None:
-        assert not self.errors, self.errors
-        assert not self.outside, f"the page fetched from another host: {self.outside}"
-        self.context.close()
-
-
 def _api(base: str) -> httpx.Client:
     return httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30)
-
-
-def _labels(page: Any) -> dict[str, tuple[str, bool]]:
-    """{file name: (label shown, rejected?)} of every result card in the visible panel."""
-    out = {}
-    for card in page.locator("[role=tabpanel]:not([hidden]) li.result").all():
-        label = card.locator(".verdict .label")
-        if label.count():
-            out[card.get_attribute("data-file")] = (
-                label.inner_text().removeprefix("?").strip(),
-                label.get_attribute("data-rejected") == "true",
-            )
-    return out
-
-
-def _wait_labelled(page: Any, names: list[str]) -> None:
-    """Until every named file has its label in the visible panel."""
-    page.wait_for_function(
-        """names => names.every(n => document.querySelector(
-            `[role=tabpanel]:not([hidden]) li.result[data-file="${n}"] .verdict .label`))""",
-        arg=names,
-    )
-
-
-def _sent_images(request: Any) -> list[bytes]:
-    """The image files of a multipart request the page made, as the server received them."""
-    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
-    message = BytesParser(policy=policy.default).parsebytes(head + request.post_data_buffer)
-    return [part.get_payload(decode=True) for part in message.iter_parts() if part.get_filename()]
 
 
 def _teach(tab: Tab, photos: dict[str, Any]) -> None:
@@ -268,8 +150,8 @@ def _teach(tab: Tab, photos: dict[str, Any]) -> None:
 def _query(tab: Tab, photos: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     files = [str(photos["queries"][n]) for n in TAUGHT]
     tab.page.locator("#query-drop input[type=file]").set_input_files(files)
-    _wait_labelled(tab.page, [Path(f).name for f in files])
-    return _labels(tab.page)
+    wait_labelled(tab.page, [Path(f).name for f in files])
+    return labels(tab.page)
 
 
 def test_classify_teach_threshold_save_reopen(
@@ -277,22 +159,22 @@ def test_classify_teach_threshold_save_reopen(
 ) -> None:
     tab = Tab(browser, server, DESKTOP, shots, "desktop")
     page = tab.page
-    tab.open("/")  # asked for the key
+    tab.open("/", key=KEY)  # asked for the key
     assert "tf_efficientnet_lite0" in page.locator(".model").inner_text()
 
     # Classify: the page shows the API's own top-1 for the photograph (shrunk to fit the server's limit)
     page.get_by_role("tab", name="Classify").click()
     with page.expect_request("**/classify?*") as sent:
         page.locator("#classify-drop input[type=file]").set_input_files(str(photos["queries"]["astronaut"]))
-    _wait_labelled(page, ["astronaut.png"])
-    (image,) = _sent_images(sent.value)
+    wait_labelled(page, ["astronaut.png"])
+    (image,) = sent_images(sent.value)
     with Image.open(io.BytesIO(image)) as im:  # 512 x 512 made to fit 200,000 pixels in the browser
         assert im.width * im.height <= MAX_IMAGE_PIXELS and im.width == im.height
     with _api(server) as api:
         expected = api.post("/classify", files=[("images", ("astronaut.png", image))]).json()
     top = expected["results"][0]["top_k"]
     shown = page.locator('li.result[data-file="astronaut.png"]')
-    assert _labels(page)["astronaut.png"] == (top[0]["label"], False)
+    assert labels(page)["astronaut.png"] == (top[0]["label"], False)
     assert [
         float(v) for v in shown.locator(".bar").evaluate_all("bars => bars.map(b => b.dataset.value)")
     ] == [pytest.approx(t["probability"]) for t in top]
@@ -310,8 +192,8 @@ def test_classify_teach_threshold_save_reopen(
     # Teach by example: three classes, queries labelled; 6 support + 3 queries > 8 files: split
     _teach(tab, photos)
     before = tab.count("POST", "/fewshot")
-    labels = _query(tab, photos)
-    assert labels == {f"{n}.png": (n, False) for n in TAUGHT}, labels
+    answered = _query(tab, photos)
+    assert answered == {f"{n}.png": (n, False) for n in TAUGHT}, answered
     assert tab.count("POST", "/fewshot") - before >= 2, tab.requests
     tab.shot("teach")
 
@@ -325,12 +207,12 @@ def test_classify_teach_threshold_save_reopen(
     page.keyboard.press("Space")
     page.locator("#threshold").focus()
     page.keyboard.press("End")  # 1.00: no query is close enough to its class
-    assert set(_labels(page).values()) == {("unknown", True)}
+    assert set(labels(page).values()) == {("unknown", True)}
     cut = round((min(best.values()) + max(best.values())) / 2, 2)  # on the slider's 0.01 steps
     for _ in range(round(100 * (1 - cut))):
         page.keyboard.press("ArrowLeft")
     assert page.locator("#threshold-value").inner_text() == f"{cut:.2f}"
-    shown_labels = _labels(page)
+    shown_labels = labels(page)
     assert {name: rejected for name, (_, rejected) in shown_labels.items()} == {
         name: score < cut for name, score in best.items()
     }, (best, cut)
@@ -355,8 +237,8 @@ def test_classify_teach_threshold_save_reopen(
     for name in TAUGHT:
         assert page.locator(f'li.class[data-class="{name}"] .count').inner_text() == "2 images"
     assert page.locator("li.class img.kept").count() == 6  # thumbnails the browser kept
-    labels = _query(tab, photos)
-    assert labels == {f"{n}.png": (n, False) for n in TAUGHT}, labels
+    answered = _query(tab, photos)
+    assert answered == {f"{n}.png": (n, False) for n in TAUGHT}, answered
     tab.shot("reopened")
 
     # add an image to a stored class: it goes straight to the server
@@ -385,10 +267,10 @@ def test_classify_teach_threshold_save_reopen(
 def test_phone_width(browser: Any, server: str, photos: dict[str, Any], shots: Path) -> None:
     tab = Tab(browser, server, PHONE, shots, "phone")
     page = tab.page
-    tab.open("/")  # a new tab: asked for the key again
+    tab.open("/", key=KEY)  # a new tab: asked for the key again
     _teach(tab, photos)
-    labels = _query(tab, photos)
-    assert labels == {f"{n}.png": (n, False) for n in TAUGHT}, labels
+    answered = _query(tab, photos)
+    assert answered == {f"{n}.png": (n, False) for n in TAUGHT}, answered
     page.locator("#openset").check()
     page.locator("#threshold").focus()
     page.keyboard.press("End")
@@ -417,13 +299,13 @@ def test_rejection_is_not_a_class_named_unknown(
     fake = {"/classify": json.dumps({"model": "x", "results": results})}
     tab = Tab(browser, server, DESKTOP, shots, "open-set", fake=fake)
     page = tab.page
-    tab.open("/")
+    tab.open("/", key=KEY)
     page.get_by_role("tab", name="Classify").click()
     page.locator("#classify-drop input[type=file]").set_input_files(
         [str(photos["queries"]["cat"]), str(photos["queries"]["coffee"])]
     )
-    _wait_labelled(page, ["cat.png", "coffee.png"])
-    assert _labels(page) == {"cat.png": ("unknown", False), "coffee.png": ("unknown", True)}
+    wait_labelled(page, ["cat.png", "coffee.png"])
+    assert labels(page) == {"cat.png": ("unknown", False), "coffee.png": ("unknown", True)}
     named = page.locator('li.result[data-file="cat.png"] .verdict .label')
     rejected = page.locator('li.result[data-file="coffee.png"] .verdict .label')
     assert "rejected" not in (named.get_attribute("class") or "") and "rejected" in (
