@@ -46,6 +46,23 @@ def l2_normalize(x: npt.ArrayLike, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(norms, eps).astype(x.dtype, copy=False)
 
 
+def centre_and_normalize(x: npt.ArrayLike, base_mean: npt.ArrayLike) -> np.ndarray:
+    """SimpleShot's CL2N features (Wang et al. 2019): subtract the base-class mean, then L2-normalise.
+
+    Args:
+        x: ``(N, D)`` raw embeddings.
+        base_mean: ``(D,)`` mean raw embedding of the base (training) classes' images.
+
+    Returns:
+        ``(N, D)`` unit rows.
+    """
+    x = np.asarray(x)
+    mean = np.asarray(base_mean, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
+    if mean.shape != (x.shape[-1],):
+        raise ValueError(f"base_mean has shape {mean.shape}; the embeddings need ({x.shape[-1]},)")
+    return l2_normalize(x - mean)
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -290,6 +307,7 @@ def evaluate_episodes(
     seed: int = 0,
     classifier: str | EpisodeClassifier = "prototype",
     normalize: bool = True,
+    base_mean: npt.ArrayLike | None = None,
 ) -> EpisodeResult:
     """Mean few-shot accuracy over random episodes, with its 95% confidence interval.
 
@@ -299,11 +317,15 @@ def evaluate_episodes(
         n_way, k_shot, n_query: episode shape (paper: 5-way, 1 or 5 shots, 15 queries).
         n_episodes: number of episodes (paper: 3000).
         seed: seeds ``np.random.default_rng``; same seed, same episodes.
-        classifier: ``"prototype"`` (nearest prototype by cosine) or a callable
+        classifier: ``"prototype"`` (nearest prototype by cosine), ``"simpleshot"`` (SimpleShot, Wang et
+            al. 2019: CL2N features — centred on ``base_mean``, then L2-normalised — and the nearest
+            support centroid by Euclidean distance) or a callable
             ``classifier(support_emb (S, D), support_y (S,), query_emb (Q, D)) -> query_y (Q,)`` with
             labels in ``0..n_way-1`` (e.g. a logistic regression).
         normalize: L2-normalise the embeddings (once) before handing them to a callable classifier.
             The prototype classifier is cosine-based either way.
+        base_mean: ``(D,)`` mean raw embedding of the base (training) classes; required by
+            ``"simpleshot"``, ignored otherwise.
 
     Returns:
         An ``EpisodeResult``.
@@ -311,8 +333,10 @@ def evaluate_episodes(
     x = _check_embeddings(embeddings, len(labels), "embeddings")
     if int(n_episodes) != n_episodes or n_episodes < 1:
         raise ValueError(f"n_episodes must be a positive integer, got {n_episodes}")
-    if not callable(classifier) and classifier != "prototype":
-        raise ValueError(f"unknown classifier {classifier!r}; use 'prototype' or a callable")
+    if not callable(classifier) and classifier not in ("prototype", "simpleshot"):
+        raise ValueError(f"unknown classifier {classifier!r}; use 'prototype', 'simpleshot' or a callable")
+    if classifier == "simpleshot" and base_mean is None:
+        raise ValueError("the simpleshot classifier centres on the base-class mean: pass base_mean (D,)")
     classes, members = _group(labels)
     eligible = _eligible(classes, members, n_way, k_shot, n_query)
     if len(eligible) < len(classes):
@@ -322,7 +346,7 @@ def evaluate_episodes(
             len(classes),
             k_shot + n_query,
         )
-    unit = l2_normalize(x)
+    unit = centre_and_normalize(x, base_mean) if classifier == "simpleshot" else l2_normalize(x)
     feats = unit if normalize or not callable(classifier) else x
     rng = np.random.default_rng(seed)
     accuracies = np.empty(n_episodes, dtype=np.float64)
@@ -332,6 +356,10 @@ def evaluate_episodes(
             pred = np.asarray(classifier(feats[s_idx], s_y, feats[q_idx])).reshape(-1)
             if pred.shape != q_y.shape:
                 raise ValueError(f"classifier returned {pred.shape[0]} predictions for {len(q_y)} queries")
+        elif classifier == "simpleshot":
+            centroids = unit[s_idx].reshape(n_way, k_shot, -1).mean(axis=1)  # (W, D), not renormalised
+            # argmin ||q - c||² = argmax 2·q·c - ||c||² (||q|| = 1 for every query alike)
+            pred = (2.0 * unit[q_idx] @ centroids.T - (centroids**2).sum(axis=1)).argmax(axis=1)  # (W*Q,)
         else:
             protos = unit[s_idx].reshape(n_way, k_shot, -1).mean(axis=1)  # (W, D)
             if k_shot > 1:

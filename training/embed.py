@@ -120,7 +120,8 @@ def load_class_set(
 
     Args:
         dataset: a registered dataset name; ``cifar-fs`` / ``fc100`` take ``split``'s few-shot classes
-            (all 600 CIFAR-100 images of each); other datasets take their own ``split``. None: ``data_dir``
+            (all 600 CIFAR-100 images of each), ``glyphs64`` its train / val / novel classes (all images
+            of each); other datasets take their own ``split``. None: ``data_dir``
             is a folder of class folders.
         split: ``train``, ``val`` or ``test``.
         data_dir: the dataset root (with ``dataset``) or the folder of class folders.
@@ -135,6 +136,7 @@ def load_class_set(
         build_datasets,
         build_fewshot_split,
         class_folder_images,
+        glyph_class_set,
     )
 
     if split not in ("train", "val", "test"):
@@ -149,6 +151,9 @@ def load_class_set(
     if dataset in FEWSHOT_SPLITS:
         images, classes = build_fewshot_split(dataset, split, data_dir, download)
         return ClassSet(images, list(classes), f"{dataset} few-shot {split} classes")
+    if dataset == "glyphs64":
+        images, classes = glyph_class_set(split, data_dir)
+        return ClassSet(images, list(classes), f"glyphs64 few-shot {split} classes")
     splits = build_datasets(dataset, data_dir, download, None, None)
     chosen = getattr(splits, split)
     if chosen is None:

@@ -7,7 +7,9 @@
     python -m training.evaluate --compare runs/ce/best.pt runs/clce/best.pt --data-dir DIR --report DIR
 
 Every image is embedded once (eval transform of the model, no_grad); the episodes then run in numpy:
-N-way K-shot, nearest prototype by cosine on L2-normalised embeddings (or ``--classifier logreg``).
+N-way K-shot, nearest prototype by cosine on L2-normalised embeddings, or ``--classifier simpleshot``
+(Wang et al. 2019: centre on the mean embedding of the base classes — ``--base-data-dir DIR``, or the
+``train`` classes of ``--dataset`` — L2-normalise, nearest centroid), or ``--classifier logreg``.
 One line is printed per setting, e.g. ``5-way 1-shot: 85.62 ± 0.59 (3000 episodes, 15 queries)``
 (mean over episodes ± 1.96·σ/√n). Top-1 and per-class accuracy follow when the checkpoint's classes
 include the evaluated classes. ``--report DIR`` writes report.md with figures (pair-similarity
@@ -31,7 +33,14 @@ from training.checkpoint import CheckpointError
 from training.datasets import DatasetError
 from training.device import resolve_device
 from training.embed import Encoder, load_class_set, load_encoder, save_embeddings
-from training.evaluation import ModelEvaluation, check_episodes, evaluate_encoder, evaluation_to_dict
+from training.evaluation import (
+    CLASSIFIERS,
+    ModelEvaluation,
+    check_episodes,
+    evaluate_encoder,
+    evaluation_to_dict,
+    mean_embedding,
+)
 
 log = logging.getLogger("clce.evaluate")
 
@@ -64,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=15, help="query images per class (default 15)")
     p.add_argument("--episodes", type=int, default=3000, help="episodes per setting (default 3000)")
     p.add_argument("--seed", type=int, default=0, help="seeds the episodes and the report's sampling")
-    p.add_argument("--classifier", default="prototype", choices=["prototype", "logreg"])
+    p.add_argument("--classifier", default="prototype", choices=list(CLASSIFIERS))
+    p.add_argument(
+        "--base-data-dir",
+        help="with --classifier simpleshot: the base classes (a folder of class folders) whose mean "
+        "embedding centres the features (default: the train classes of --dataset)",
+    )
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
     p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -88,6 +102,13 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, low in lows.items():
         if getattr(args, flag) < low:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least {low}, got {getattr(args, flag)}")
+    if args.base_data_dir and args.classifier != "simpleshot":
+        raise ValueError("--base-data-dir applies to --classifier simpleshot")
+    if args.classifier == "simpleshot" and not (args.base_data_dir or args.dataset):
+        raise ValueError(
+            "--classifier simpleshot centres on the base classes' mean embedding: give --base-data-dir DIR "
+            "(a folder of class folders) or --dataset NAME (its train classes)"
+        )
     if args.compare and args.save_embeddings and args.save_embeddings.endswith(".npz"):
         raise ValueError("with --compare, --save-embeddings takes a folder (one subfolder per model)")
 
@@ -148,13 +169,19 @@ def main(argv: list[str] | None = None) -> int:
         settings = [(w, k) for w in args.ways for k in args.shots]
         check_episodes(class_set.targets, classes, settings, args.queries)  # fail before embedding
         _check_report_classes(args.report_classes, classes)
+        base_set = None
+        if args.classifier == "simpleshot":
+            base_set = load_class_set(
+                None if args.base_data_dir else args.dataset, "train", args.base_data_dir or args.data_dir
+            )
         encoders = _load_encoders(args, device)
         log.info("%s: %d classes, %d images", class_set.description, len(classes), len(class_set.targets))
         evaluations = []
         for name, enc in encoders:
+            base_mean = mean_embedding(enc, base_set, device, args.batch_size) if base_set else None
             ev = evaluate_encoder(
                 enc, class_set, settings, name=name, queries=args.queries, episodes=args.episodes,
-                seed=args.seed, classifier=args.classifier, batch_size=args.batch_size,
+                seed=args.seed, classifier=args.classifier, base_mean=base_mean, batch_size=args.batch_size,
                 workers=args.workers, device=device, show_progress=sys.stderr.isatty(),
             )  # fmt: skip
             _print_results(ev, classes, header=len(encoders) > 1)

@@ -1,7 +1,8 @@
 """What an evaluation measures on one encoder, and how: few-shot episodes, isotropy, the head's accuracy.
 
 :func:`evaluate_encoder` embeds every image of a class set once, then runs the few-shot settings in
-numpy (nearest prototype by cosine, or logistic regression per episode), the isotropy score (paper
+numpy (nearest prototype by cosine, SimpleShot's centred nearest centroid, or logistic regression
+per episode), the isotropy score (paper
 Eq. 4) and, when the encoder's head knows the evaluated classes, top-1 / per-class accuracy and the
 confusion matrix. It returns a :class:`ModelEvaluation`, which the CLI (:mod:`training.evaluate`)
 prints and :mod:`training.report` draws; :func:`evaluation_to_dict` is its ``results.json`` form.
@@ -20,7 +21,7 @@ import torch
 
 from clce_core.fewshot import EpisodeClassifier, EpisodeResult, evaluate_episodes, sample_episode
 from clce_core.metrics import confusion_matrix, isotropy_score, per_class_accuracy, topk_accuracy
-from training.embed import ClassSet, Encoder, embed_and_classify
+from training.embed import ClassSet, Encoder, embed_and_classify, embed_images
 from training.transforms import eval_transform
 
 __all__ = [
@@ -32,8 +33,11 @@ __all__ = [
     "evaluate_encoder",
     "evaluation_to_dict",
     "logreg_classifier",
+    "mean_embedding",
     "run_fewshot",
 ]
+
+CLASSIFIERS = ("prototype", "simpleshot", "logreg")
 
 log = logging.getLogger("clce.evaluate")
 OTHER = "(other)"  # confusion column: predicted a head class outside the evaluated set
@@ -116,13 +120,27 @@ def run_fewshot(
     episodes: int,
     seed: int,
     classifier: str = "prototype",
+    base_mean: np.ndarray | None = None,
 ) -> list[EpisodeResult]:
-    """One :class:`EpisodeResult` per ``(ways, shots)`` setting, same seed for each."""
-    fn = logreg_classifier() if classifier == "logreg" else "prototype"
+    """One :class:`EpisodeResult` per ``(ways, shots)`` setting, same seed for each.
+
+    Args:
+        classifier: one of :data:`CLASSIFIERS`; ``simpleshot`` needs ``base_mean`` ``(D,)``.
+    """
+    fn = logreg_classifier() if classifier == "logreg" else classifier
     return [
-        evaluate_episodes(embeddings, labels, w, k, queries, episodes, seed, classifier=fn)
+        evaluate_episodes(embeddings, labels, w, k, queries, episodes, seed, classifier=fn, base_mean=base_mean)
         for w, k in settings
     ]
+
+
+def mean_embedding(
+    encoder: Encoder, class_set: ClassSet, device: torch.device | str = "cpu", batch_size: int = 128
+) -> np.ndarray:
+    """The mean raw embedding ``(D,)`` of a class set's images: SimpleShot's base-class centre."""
+    tf = eval_transform(encoder.data_config)
+    emb = embed_images(encoder.model, class_set.dataset, device, batch_size, transform=tf, show_progress=False)
+    return emb.mean(axis=0)
 
 
 def _nan_to_none(x: float) -> float | None:
@@ -157,6 +175,7 @@ def evaluate_encoder(
     episodes: int = 3000,
     seed: int = 0,
     classifier: str = "prototype",
+    base_mean: np.ndarray | None = None,
     batch_size: int = 128,
     workers: int = 0,
     device: torch.device | str = "cpu",
@@ -174,7 +193,7 @@ def evaluate_encoder(
     embed_s = time.perf_counter() - start
     labels = class_set.targets
     start = time.perf_counter()
-    results = run_fewshot(emb, labels, settings, queries, episodes, seed, classifier)
+    results = run_fewshot(emb, labels, settings, queries, episodes, seed, classifier, base_mean)
     episodes_s = time.perf_counter() - start
     log.info("%s: embedded %d images in %.1f s; episodes in %.2f s", name, len(emb), embed_s, episodes_s)
     cls = None

@@ -212,6 +212,46 @@ def test_evaluate_callable_classifier_accuracy_and_errors():
         evaluate_episodes(emb, labels, n_episodes=2, classifier="svm")
 
 
+def test_simpleshot_equals_a_naive_cl2n_nearest_centroid_loop():
+    """SimpleShot (Wang et al. 2019): centre on the base mean, L2-normalise, nearest centroid (Euclidean)."""
+    rng = np.random.default_rng(5)
+    emb, labels = rng.normal(size=(160, 12)) + 3.0, np.repeat(np.arange(8), 20)
+    base_mean = rng.normal(size=12) + 3.0
+
+    def naive(support, support_y, queries):  # raw embeddings in (normalize=False)
+        def cl2n(v):
+            c = v - base_mean
+            return c / np.linalg.norm(c, axis=1, keepdims=True)
+
+        s, q = cl2n(support), cl2n(queries)
+        classes = np.unique(support_y)
+        centroids = np.stack([s[support_y == c].mean(axis=0) for c in classes])
+        dist = ((q[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+        return classes[dist.argmin(axis=1)]
+
+    for k_shot in (1, 5):
+        fast = evaluate_episodes(emb, labels, k_shot=k_shot, n_episodes=40, seed=2, classifier="simpleshot",
+                                 base_mean=base_mean)  # fmt: skip
+        slow = evaluate_episodes(emb, labels, k_shot=k_shot, n_episodes=40, seed=2, classifier=naive,
+                                 normalize=False)  # fmt: skip
+        np.testing.assert_array_equal(fast.accuracies, slow.accuracies)
+
+
+def test_simpleshot_without_centring_is_the_prototype_classifier_at_one_shot():
+    # CL2N with a zero mean is plain L2N, and with one support image per class the nearest unit
+    # centroid by Euclidean distance is the nearest by cosine; a real mean changes the answers
+    emb, labels = _clusters(10, 20, 8, spread=1.5)
+    proto = evaluate_episodes(emb, labels, n_episodes=100, seed=3)
+    zero = evaluate_episodes(emb, labels, n_episodes=100, seed=3, classifier="simpleshot", base_mean=np.zeros(8))
+    np.testing.assert_array_equal(proto.accuracies, zero.accuracies)
+    moved = evaluate_episodes(emb, labels, n_episodes=100, seed=3, classifier="simpleshot", base_mean=emb[0])
+    assert not np.array_equal(proto.accuracies, moved.accuracies)
+    with pytest.raises(ValueError, match="base_mean"):
+        evaluate_episodes(emb, labels, n_episodes=2, classifier="simpleshot")
+    with pytest.raises(ValueError, match="base_mean has shape"):
+        evaluate_episodes(emb, labels, n_episodes=2, classifier="simpleshot", base_mean=np.zeros(3))
+
+
 def test_episode_result_str_is_the_contract_line():
     result = EpisodeResult(85.6234, 0.5912, np.zeros(3000), 5, 1, 15, 3000)
     assert str(result) == "5-way 1-shot: 85.62 ± 0.59 (3000 episodes, 15 queries)"

@@ -32,6 +32,7 @@ from training.datasets import (
     class_folder_images,
     fashion_mnist,
     fewshot_classes,
+    glyphs,
     list_datasets,
 )
 from training.datasets import torchvision as torchvision_datasets
@@ -170,6 +171,16 @@ def fake_imagefolder(root: Path) -> dict:
     return {"root": root, "classes": 3, "sizes": (15, 6, 6), "carved_val": False}
 
 
+def fake_glyphs64(root: Path) -> dict:
+    """The rendered layout: base/CLASS/NN.png, 64×64-style grey PNGs (8×8 here), 5 per class."""
+    rng = np.random.default_rng(0)
+    for name in glyphs.glyph_classes("train"):
+        (root / "base" / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(root / "base" / name / f"{i:02d}.png")
+    return {"root": root, "classes": 96, "sizes": (288, 96, 96), "carved_val": True}
+
+
 FAKES = {
     "flowers102": fake_flowers102,
     "oxford-pets": fake_oxford_pets,
@@ -180,6 +191,7 @@ FAKES = {
     "fc100": fake_fc100,
     "fashion-mnist": fake_fashion_mnist,
     "imagefolder": fake_imagefolder,
+    "glyphs64": fake_glyphs64,
 }
 
 
@@ -193,7 +205,9 @@ MISSING_WORDS = {  # what the one-line "not found" message must name
     "fc100": "train, test and meta",
     "fashion-mnist": "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz)",
     "imagefolder": "--data-dir",
+    "glyphs64": "python -m benchmarks.render_glyphs",
 }
+NO_DOWNLOAD = {"imagefolder", "glyphs64"}  # nothing to download: a folder the user has or renders
 
 
 @pytest.fixture(autouse=True)
@@ -282,11 +296,11 @@ def test_missing_files_error_is_one_line(name, tmp_path):
         build_datasets(name, empty, False, None, None)
     message = str(info.value)
     assert "\n" not in message and MISSING_WORDS[name] in message
-    if name != "imagefolder":
+    if name not in NO_DOWNLOAD:
         assert str(empty) in message and "--download" in message
 
 
-@pytest.mark.parametrize("name", [n for n in list_datasets() if n != "imagefolder"])
+@pytest.mark.parametrize("name", [n for n in list_datasets() if n not in NO_DOWNLOAD])
 def test_failed_download_error_is_one_line(name, tmp_path, offline):
     with pytest.raises(DatasetError) as info:
         build_datasets(name, tmp_path, True, None, None)
@@ -453,3 +467,25 @@ def test_training_loop_wiring(tmp_path):
     rows, labels = next(iter(loader))
     assert rows.shape == (16, 3, 16, 16) and sorted(Counter(labels.tolist()).values()) == [8, 8]
     assert torch.equal(labels[:8], labels[8:])
+
+
+def test_glyphs64_few_shot_splits_are_the_class_lists(tmp_path, monkeypatch):
+    """train/val come from base/, test from novel/; the three class lists are disjoint; env var root."""
+    train, val, novel = (set(glyphs.glyph_classes(s)) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(novel)) == (96, 32, 144)
+    assert not train & val and not train & novel and not val & novel
+    for folder, names in (("base", sorted(train | val)), ("novel", sorted(novel))):
+        for name in names:
+            (tmp_path / folder / name).mkdir(parents=True)
+            Image.new("L", (8, 8), 255).save(tmp_path / folder / name / "00.png")
+    monkeypatch.setenv(glyphs.GLYPHS_ENV, str(tmp_path))
+    from training.embed import load_class_set
+
+    for split, names in (("train", train), ("val", val), ("test", novel)):
+        images, classes = glyphs.glyph_class_set(split)
+        assert set(classes) == names and len(images) == len(names)
+        assert load_class_set("glyphs64", split).classes == classes
+    (tmp_path / "novel" / sorted(novel)[0] / "00.png").unlink()
+    (tmp_path / "novel" / sorted(novel)[0]).rmdir()
+    with pytest.raises(DatasetError, match="lacks 1 of its 144 class folders"):
+        glyphs.glyph_class_set("test")

@@ -13,8 +13,9 @@ from PIL import Image
 
 from clce_core.fewshot import evaluate_episodes
 from training import evaluate, evaluation, finetune
-from training.embed import save_embeddings
+from training.embed import embed_and_classify, load_class_set, load_encoder, save_embeddings
 from training.report import tsne_subsample
+from training.transforms import eval_transform
 
 COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128), (200, 200, 30), (30, 200, 200)]
 CLASSES = [f"c{i}" for i in range(len(COLOURS))]
@@ -150,6 +151,28 @@ def test_frozen_encoder_and_logreg(class_dir: Path, tmp_path: Path, capsys) -> N
     assert len(LINE.findall(printed)) == 1 and "top-1" not in printed
     model = json.loads(out.read_text())["models"][0]
     assert model["classification"] is None and model["checkpoint"] is None
+
+
+def test_simpleshot_centres_on_the_base_classes(class_dir: Path, tmp_path: Path, capsys) -> None:
+    """--classifier simpleshot embeds --base-data-dir once and passes its mean to the episodes; the
+    printed accuracy is the one evaluate_episodes gives with that mean."""
+    frozen = ["--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32"]
+    out = tmp_path / "r.json"
+    args = [*frozen, "--data-dir", str(class_dir), "--base-data-dir", str(class_dir)]
+    assert evaluate.main([*args, *_episodes("--classifier", "simpleshot", "--output", str(out))]) == 0
+    printed = float(LINE.findall(capsys.readouterr().out)[0].split(": ")[1].split(" ")[0])
+    enc = load_encoder(None, "test_efficientnet", "none", 32)
+    class_set = load_class_set(data_dir=class_dir)
+    emb = json.loads(out.read_text())["models"][0]
+    assert emb["fewshot"][0]["mean"] == printed
+    embeddings, _ = embed_and_classify(
+        enc.model, class_set.dataset, transform=eval_transform(enc.data_config), show_progress=False
+    )
+    want = evaluate_episodes(embeddings, class_set.targets, 5, 1, 2, 20, 0, classifier="simpleshot",
+                             base_mean=embeddings.mean(0))  # fmt: skip
+    assert round(want.mean, 2) == printed
+    assert evaluate.main([*frozen, "--data-dir", str(class_dir), *_episodes("--classifier", "simpleshot")]) == 2
+    assert "--base-data-dir" in capsys.readouterr().err
 
 
 def test_classes_are_matched_by_name() -> None:

@@ -13,6 +13,7 @@ themselves, so ``import training.datasets`` fills the registry however it is rea
 * :mod:`~training.datasets.files`: default roots (``$CLCE_DATA_HOME``) and one-line "not found" errors.
 * Families: :mod:`~training.datasets.fashion_mnist` (the offline default),
   :mod:`~training.datasets.image_folders` (``imagefolder`` and class-folder sets),
+  :mod:`~training.datasets.glyphs` (``glyphs64``: the glyph few-shot set and its class split),
   :mod:`~training.datasets.torchvision` (Flowers-102, Pets, Food-101, Caltech-256, CIFAR-100,
   CIFAR-FS, FC100).
 
@@ -23,8 +24,14 @@ transforms are in :mod:`training.transforms`.
 
 from __future__ import annotations
 
-from training.datasets import fashion_mnist, image_folders, torchvision  # the families register themselves
+from training.datasets import (  # the families register themselves
+    fashion_mnist,
+    glyphs,
+    image_folders,
+    torchvision,
+)
 from training.datasets.files import DATA_HOME_ENV, DEFAULT_DATA_HOME
+from training.datasets.glyphs import glyph_class_set
 from training.datasets.image_folders import class_folder_images
 from training.datasets.images import ImageArray, ImageFiles, LabeledImages
 from training.datasets.registry import (
@@ -37,7 +44,7 @@ from training.datasets.registry import (
     list_datasets,
     register,
 )
-from training.datasets.splits import carve_val, split_per_class, take_per_class
+from training.datasets.splits import carve_val, carve_val_and_test, split_per_class, take_per_class
 from training.datasets.torchvision import FEWSHOT_SPLITS, build_fewshot_split, fewshot_classes
 
 __all__ = [
@@ -54,10 +61,13 @@ __all__ = [
     "build_datasets",
     "build_fewshot_split",
     "carve_val",
+    "carve_val_and_test",
     "class_folder_images",
     "fashion_mnist",
     "fewshot_classes",
     "get_builder",
+    "glyph_class_set",
+    "glyphs",
     "image_folders",
     "list_datasets",
     "register",

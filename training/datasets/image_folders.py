@@ -17,7 +17,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from training.datasets.images import ImageFiles, LabeledImages
 from training.datasets.registry import DatasetError, RawSplits, register
-from training.datasets.splits import SALT_TEST, carve_val, split_per_class
+from training.datasets.splits import carve_val, carve_val_and_test
 
 __all__ = ["class_folder_images"]
 
@@ -25,13 +25,22 @@ log = logging.getLogger(__name__)
 
 
 def _scan_class_folders(
-    folder: Path, class_to_idx: dict[str, int] | None = None
+    folder: Path, class_to_idx: dict[str, int] | None = None, only: list[str] | None = None
 ) -> tuple[list[str], ImageFiles]:
     """Class folders of image files (any depth below the class folder; torchvision's extensions).
 
-    With ``class_to_idx`` (a val/test folder) every class must be one of the training classes.
+    With ``class_to_idx`` (a val/test folder) every class must be one of the training classes. With
+    ``only``, just those class folders, in that order (each must exist).
     """
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if only is not None:
+        missing = [c for c in only if not (folder / c).is_dir()]
+        if missing:
+            raise DatasetError(
+                f"{folder} lacks {len(missing)} of its {len(only)} class folders (e.g. {', '.join(missing[:3])})"
+            )
+        class_dirs = [folder / c for c in only]
+    else:
+        class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     classes = [d.name for d in class_dirs]
     if class_to_idx is None:
         class_to_idx = {c: i for i, c in enumerate(classes)}
@@ -58,13 +67,16 @@ def _scan_class_folders(
 
 
 def class_folder_images(
-    folder: str | os.PathLike[str], transform: Callable | None = None
+    folder: str | os.PathLike[str], transform: Callable | None = None, classes: list[str] | None = None
 ) -> tuple[LabeledImages, list[str]]:
-    """A folder of class folders as one labelled set (e.g. few-shot classes): ``(images, classes)``."""
+    """A folder of class folders as one labelled set (e.g. few-shot classes): ``(images, classes)``.
+
+    ``classes``: only these class folders, labelled in this order (default: every one, sorted).
+    """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DatasetError(f"{folder} is not a folder of class folders")
-    classes, files = _scan_class_folders(folder)
+    classes, files = _scan_class_folders(folder, only=classes)
     return LabeledImages(files, transform=transform), classes
 
 
@@ -94,7 +106,4 @@ def _imagefolder(root: Path | None, download: bool, seed: int, val_fraction: flo
         )
         return RawSplits(classes, train, val, test)
     classes, files = _scan_class_folders(root)
-    everything = LabeledImages(files)
-    rest, test_pos = split_per_class(everything.targets, val_fraction, [seed, SALT_TEST])
-    train, val = carve_val(everything.subset(rest), val_fraction, seed)
-    return RawSplits(classes, train, val, everything.subset(test_pos))
+    return RawSplits(classes, *carve_val_and_test(LabeledImages(files), val_fraction, seed))

@@ -16,7 +16,15 @@ import numpy as np
 
 from training.datasets.images import LabeledImages
 
-__all__ = ["SALT_K", "SALT_TEST", "SALT_VAL", "carve_val", "split_per_class", "take_per_class"]
+__all__ = [
+    "SALT_K",
+    "SALT_TEST",
+    "SALT_VAL",
+    "carve_val",
+    "carve_val_and_test",
+    "split_per_class",
+    "take_per_class",
+]
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +89,13 @@ def carve_val(train: LabeledImages, fraction: float, seed: int) -> tuple[Labeled
     """
     kept, held = split_per_class(train.targets, fraction, [seed, SALT_VAL])
     return train.subset(kept), train.subset(held)
+
+
+def carve_val_and_test(
+    images: LabeledImages, fraction: float, seed: int
+) -> tuple[LabeledImages, LabeledImages, LabeledImages]:
+    """Split one labelled set per class: ``fraction`` to test (``[seed, SALT_TEST]``), then ``fraction`` of
+    the rest to val (:func:`carve_val`); returns ``(train, val, test)``."""
+    rest, test_pos = split_per_class(images.targets, fraction, [seed, SALT_TEST])
+    train, val = carve_val(images.subset(rest), fraction, seed)
+    return train, val, images.subset(test_pos)
