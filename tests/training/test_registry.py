@@ -19,6 +19,7 @@ EXPECTED = {
     "fc100",
     "flowers102",
     "food101",
+    "glyphs64",
     "imagefolder",
     "oxford-pets",
 }
