@@ -31,7 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", choices=("cpu", "cuda"), help="env CLCE_DEVICE (default cpu)")
-    p.add_argument("--db-path", help="support-set SQLite file; env CLCE_DB_PATH")
+    p.add_argument(
+        "--db-url",
+        help="support-set database, sqlite:///FILE or postgresql://USER:PASSWORD@HOST:PORT/DB; env CLCE_DB_URL",
+    )
+    p.add_argument(
+        "--db-path", help="support-set SQLite file (same as --db-url sqlite:///FILE); env CLCE_DB_PATH"
+    )
     p.add_argument(
         "--max-batch", type=int, help="images per ONNX Runtime call, 1 = no batching; env CLCE_MAX_BATCH"
     )
@@ -45,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = {
         "model_dir": args.model_dir,
         "device": args.device,
+        "db_url": args.db_url,
         "db_path": args.db_path,
         "max_batch": args.max_batch,
         "max_wait_ms": args.max_wait_ms,

@@ -102,10 +102,16 @@ class FewShotResponse(BaseModel):
 class SupportSetOut(BaseModel):
     id: str
     name: str
-    model: str = Field(description="sha256 of the encoder whose embeddings the set holds.")
-    compatible: bool = Field(description="Whether the set was made by the model this server runs.")
-    embedding_dim: int
+    model: str = Field(description="sha256 of the encoder that created the set.")
+    compatible: bool = Field(
+        description="Whether the model this server runs can use the set: it made every image's "
+        "embedding, or the image is kept and is re-embedded on first use."
+    )
+    embedding_dim: int = Field(description="Embedding size of the model that created the set.")
     num_images: int
+    kept_images: int = Field(
+        0, description="Images kept in the database (CLCE_KEEP_SUPPORT_IMAGES): they survive a model change."
+    )
     classes: dict[str, int] = Field(description="Support images per label.")
     created: str
     updated: str

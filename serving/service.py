@@ -71,7 +71,7 @@ class Service:
         runtime = await run_in_threadpool(
             ModelRuntime, card, settings.device, settings.intra_op_threads, settings.intra_op_spinning
         )
-        store = await run_in_threadpool(SupportSetStore, settings.resolved_db_path)
+        store = await run_in_threadpool(SupportSetStore, settings.resolved_db_url)
         batcher = MicroBatcher(
             runtime.run, settings.max_batch, settings.max_wait_ms, settings.max_queue, metrics=metrics
         )
@@ -85,7 +85,7 @@ class Service:
             len(card.labels),
             card.embedding_dim,
             ", ".join(runtime.providers),
-            store.path,
+            store.display,
         )
         if settings.warmup:
             service._warm_task = asyncio.get_running_loop().create_task(service._warm_up())
@@ -108,6 +108,7 @@ class Service:
             self._warm_task.cancel()
         await self.batcher.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
     def not_ready_reasons(self) -> list[str]:
         """Empty when ready: model loaded, warmed up, and on CUDA when ``device=cuda``."""

@@ -38,6 +38,7 @@ from clce_core.export_folder import (
 )
 from serving.app import create_app
 from serving.settings import Settings
+from tests.serving.postgres import db_url, postgres  # noqa: F401  (fixtures: both store backends)
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ("red", "green", "blue")
@@ -165,6 +166,8 @@ def make_settings(tmp_path: Path, model_dir: Path) -> Callable[..., Settings]:
             "preprocess_threads": 2,
         }
         values.update(overrides)
+        if "db_url" in overrides:
+            del values["db_path"]
         return Settings(**values)
 
     return make
