@@ -18,13 +18,16 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from clce_core import __version__
 from clce_core.export_folder import ExportFolderError
 from serving.deps import require_api_key
 from serving.errors import describe_validation_errors, install_error_handlers
 from serving.limits import BodyLimitMiddleware
+from serving.logging_config import configure_logging
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.request_id import RequestIdMiddleware
 from serving.routes import fewshot, inference, support_sets, system, ui
 from serving.routing import SlashRedirect
 from serving.service import Service
@@ -36,9 +39,10 @@ logger = logging.getLogger("serving")
 DESCRIPTION = """\
 Classify, embed and few-shot classify images with an exported CLCE model (ONNX Runtime).
 
-Every error is `{"error": {"code", "message"}}` with a 4xx status. When the server runs with
-`CLCE_API_KEY`, send the key in `X-API-Key` (all routes except `/health/*` and `/metrics`; the web
-page at `/` and these docs ask for it once and keep it in the browser tab).
+Every error is `{"error": {"code", "message", "request_id"}}` with a 4xx status; every response
+carries `X-Request-ID` (yours, or one the server made) and passes a W3C `traceparent` through. When
+the server runs with `CLCE_API_KEY`, send the key in `X-API-Key` (all routes except `/health/*` and
+`/metrics`; the web page at `/` and these docs ask for it once and keep it in the browser tab).
 """
 
 
@@ -77,6 +81,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.stop()
 
 
+class ServingApp(FastAPI):
+    """FastAPI with :class:`~serving.request_id.RequestIdMiddleware` outside Starlette's error
+    middleware, so that every response and log line, a 500's included, carries the request's identity."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(super().build_middleware_stack())
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the model is loaded when it starts (lifespan), not here.
 
@@ -84,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings: Defaults to ``Settings()`` read from the ``CLCE_*`` environment.
     """
     settings = settings if settings is not None else load_settings()
-    app = FastAPI(
+    configure_logging(settings.log_format, settings.log_level)
+    app = ServingApp(
         title="CLCE serving",
         version=__version__,
         description=DESCRIPTION,

@@ -56,6 +56,9 @@ SetName = Annotated[str, Form(min_length=1, max_length=200, description="A name 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. `invalid_image`.")
     message: str = Field(description="What was wrong and what to do.")
+    request_id: str | None = Field(
+        None, description="The request's `X-Request-ID` (the client's, or one the server made): quote it."
+    )
 
 
 class ErrorResponse(BaseModel):

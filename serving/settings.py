@@ -43,6 +43,8 @@ class Settings(BaseSettings):
         intra_op_spinning: Let ONNX Runtime's idle threads spin. Off by default: in a server the
             spinning threads take the CPU from image decoding and the event loop between calls.
         preprocess_threads: Threads that decode and resize images.
+        log_format: ``text`` (default) or ``json`` (one JSON object per line, access lines too).
+        log_level: Level of the application's log (``python -m serving --log-level`` sets it too).
     """
 
     model_config = SettingsConfigDict(env_prefix="CLCE_", extra="ignore")
@@ -63,6 +65,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     intra_op_spinning: bool = False
     preprocess_threads: int = Field(4, ge=1, le=64)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, status
 
 from serving.deps import ServiceDep
@@ -19,6 +21,7 @@ from serving.store import SupportSetInfo
 from serving.support_sets import kept
 
 router = APIRouter(prefix="/support-sets", tags=["support sets"], responses=ERROR_RESPONSES)
+logger = logging.getLogger(__name__)
 
 
 def _out(info: SupportSetInfo) -> SupportSetOut:
@@ -56,6 +59,7 @@ async def create_support_set(
         [u.filename for u in uploads],
         kept(service, uploads),
     )
+    logger.info("support set %s created: %d images, %d classes", info.id, info.num_images, len(info.classes))
     return _out(info)
 
 
@@ -77,6 +81,7 @@ async def add_support_images(
         [u.filename for u in uploads],
         kept(service, uploads),
     )
+    logger.info("support set %s: %d images added, %d in all", set_id, len(uploads), info.num_images)
     return _out(info)
 
 
@@ -95,4 +100,5 @@ async def get_support_set(service: ServiceDep, set_id: str) -> SupportSetOut:
 @router.delete("/{set_id}", response_model=DeleteResponse, summary="Delete a support set")
 async def delete_support_set(service: ServiceDep, set_id: str) -> DeleteResponse:
     await service.run_store(service.store.delete, set_id)
+    logger.info("support set %s deleted", set_id)
     return DeleteResponse(id=set_id, deleted=True)

@@ -193,7 +193,8 @@ def assert_error(response: Any, status: int, code: str, *words: str) -> dict[str
     """The response is the JSON error body with this status and code, its message naming ``words``."""
     assert response.status_code == status, (response.status_code, response.text)
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}, body
+    assert body["error"]["request_id"] == response.headers["x-request-id"], (body, response.headers)
     assert body["error"]["code"] == code, body
     for word in words:
         assert word in body["error"]["message"], (word, body)

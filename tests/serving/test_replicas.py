@@ -56,6 +56,7 @@ def pg_url(postgres: PostgresServer) -> str:
     return postgres.url(postgres.create_database())
 
 
+@pytest.mark.slow
 def test_a_set_made_through_one_replica_is_used_and_deleted_through_the_other(
     model_dir: Path, pg_url: str
 ) -> None:
