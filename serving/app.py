@@ -23,12 +23,14 @@ from starlette.types import ASGIApp
 from clce_core import __version__
 from clce_core.export_folder import ExportFolderError
 from serving.deps import require_api_key
+from serving.drain import Drain, DrainMiddleware, install_sigterm
 from serving.errors import describe_validation_errors, install_error_handlers
 from serving.limits import BodyLimitMiddleware
 from serving.logging_config import configure_logging
 from serving.metrics import Metrics, MetricsMiddleware
+from serving.reload import install_sighup
 from serving.request_id import RequestIdMiddleware
-from serving.routes import fewshot, inference, support_sets, system, ui
+from serving.routes import admin, fewshot, inference, support_sets, system, ui
 from serving.routing import SlashRedirect
 from serving.service import Service
 from serving.settings import Settings
@@ -74,6 +76,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("cannot start: %s", e)
         raise
     app.state.service = service
+    install_sigterm(app.state.drain)  # in the main thread (uvicorn); not under a test client
+    install_sighup(service.models)
     try:
         yield
     finally:
@@ -83,10 +87,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 class ServingApp(FastAPI):
     """FastAPI with :class:`~serving.request_id.RequestIdMiddleware` outside Starlette's error
-    middleware, so that every response and log line, a 500's included, carries the request's identity."""
+    middleware, so that every response and log line, a 500's included, carries the request's identity,
+    and :class:`~serving.drain.DrainMiddleware` inside it (a 503 while draining has the identity too)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(super().build_middleware_stack())
+        return RequestIdMiddleware(DrainMiddleware(super().build_middleware_stack(), self.state.drain))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -111,12 +116,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.service = None
+    app.state.drain = Drain(settings.drain_seconds)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts the 413s too
 
     protected = [Depends(require_api_key)]
-    for router in (inference.router, fewshot.router, support_sets.router, system.info_router):
+    for router in (inference.router, fewshot.router, support_sets.router, system.info_router, admin.router):
         app.include_router(router, dependencies=protected)
     app.include_router(system.health_router)
     ui.install(app, protected)

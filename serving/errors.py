@@ -110,6 +110,18 @@ class NotReady(ServingError):
     code = "not_ready"
 
 
+class Forbidden(ServingError):
+    status_code = 403
+    code = "forbidden"
+
+
+class ReloadFailed(ServingError):
+    """The export folder cannot be loaded or warmed up; the model in service stays."""
+
+    status_code = 409
+    code = "reload_failed"
+
+
 class RequestTooLarge(StarletteHTTPException):
     """Raised while the body is being read; an HTTPException so that FastAPI re-raises it as it is."""
 

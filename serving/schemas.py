@@ -192,3 +192,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         429: "Queue full; retry after Retry-After seconds",
     }.items()
 }
+
+
+class ReloadResponse(BaseModel):
+    model: str = Field(description="sha256 of the encoder in service now.")
+    previous: str = Field(description="sha256 of the encoder in service before.")
+    changed: bool = Field(description="False when CLCE_MODEL_DIR holds the model in service already.")
+    seconds: float = Field(description="Load, warm-up, switch and closing the old model.")

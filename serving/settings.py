@@ -43,6 +43,8 @@ class Settings(BaseSettings):
         intra_op_spinning: Let ONNX Runtime's idle threads spin. Off by default: in a server the
             spinning threads take the CPU from image decoding and the event loop between calls.
         preprocess_threads: Threads that decode and resize images.
+        drain_seconds: On SIGTERM, the longest wait for admitted requests before exiting; also the
+            longest wait for requests on the old model after a reload.
         log_format: ``text`` (default) or ``json`` (one JSON object per line, access lines too).
         log_level: Level of the application's log (``python -m serving --log-level`` sets it too).
     """
@@ -65,6 +67,7 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     intra_op_spinning: bool = False
     preprocess_threads: int = Field(4, ge=1, le=64)
+    drain_seconds: float = Field(30.0, ge=0.0, le=3600.0)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
