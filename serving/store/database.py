@@ -126,9 +126,10 @@ class Database:
         try:
             with self.engine.connect().execution_options(**options) as conn, conn.begin():
                 yield conn
-        except exc.DBAPIError as e:
-            lines = str(e.orig).strip().splitlines() or ["no message"]
-            reason = f"{type(e.orig).__name__}: {lines[0]}"
+        except (exc.DBAPIError, exc.TimeoutError) as e:  # TimeoutError: no pooled connection came free
+            cause = e.orig if isinstance(e, exc.DBAPIError) else e
+            lines = str(cause).strip().splitlines() or ["no message"]
+            reason = f"{type(cause).__name__}: {lines[0]}"
             logger.error("support-set database %s failed: %s", self.display, reason)
             raise StoreUnavailable(
                 f"the support-set database ({self.display}) failed: {reason}; retry shortly", reason=reason

@@ -49,6 +49,18 @@ def serving_command(how: str, port: int, *flags: str) -> list[str]:
     raise ValueError(f"unknown way to run the server: {how!r}")
 
 
+def start_server(how: str, model_dir: Path, *flags: str, **settings: object) -> Server:
+    """Start ``how`` (see :func:`serving_command`) on a free port with ``CLCE_MODEL_DIR=model_dir``.
+
+    ``settings`` become ``CLCE_<NAME>`` variables (``db_path=...`` is ``CLCE_DB_PATH``); ONNX Runtime
+    gets one intra-op thread unless told otherwise (the tests share two cores).
+    """
+    port = free_port()
+    env = {"CLCE_MODEL_DIR": str(model_dir), "CLCE_INTRA_OP_THREADS": "1"}
+    env.update({f"CLCE_{name.upper()}": str(value) for name, value in settings.items()})
+    return Server(serving_command(how, port, *flags), port, env)
+
+
 class Server:
     """A server process (a context manager: started, ready, then killed if still running).
 

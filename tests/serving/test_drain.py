@@ -18,7 +18,7 @@ from serving.app import create_app
 from serving.drain import Drain
 from serving.settings import Settings
 from tests.serving.conftest import assert_error, files, image_bytes, running
-from tests.serving.processes import Server, free_port, serving_command
+from tests.serving.processes import Server, start_server
 
 BIG = image_bytes("red", size=(2000, 2000))  # ~0.25 s of decoding on this machine: requests stay in flight
 
@@ -107,15 +107,8 @@ async def _sigterm_under_load(server: Server, clients: int) -> tuple[list[Outcom
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["python -m serving", "uvicorn --factory"])
 def test_sigterm_under_load_fails_no_request_in_flight(how: str, model_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        "CLCE_MODEL_DIR": str(model_dir),
-        "CLCE_DB_PATH": str(tmp_path / "s.db"),
-        "CLCE_DRAIN_SECONDS": "20",
-        "CLCE_PREPROCESS_THREADS": "2",
-        "CLCE_INTRA_OP_THREADS": "1",
-    }
-    with Server(serving_command(how, port), port, env) as server:
+    settings = {"db_path": tmp_path / "s.db", "drain_seconds": 20, "preprocess_threads": 2}
+    with start_server(how, model_dir, **settings) as server:
         server.wait_ready()
         outcomes, terminated, ready = asyncio.run(_sigterm_under_load(server, clients=8))
         code = server.wait(30)
@@ -137,10 +130,8 @@ def test_sigterm_under_load_fails_no_request_in_flight(how: str, model_dir: Path
 
 @pytest.mark.slow
 def test_the_drain_ends_at_clce_drain_seconds(model_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    cmd = serving_command("python -m serving", port, "--model-dir", str(model_dir))
-    env = {"CLCE_DB_PATH": str(tmp_path / "s.db"), "CLCE_DRAIN_SECONDS": "1", "CLCE_PREPROCESS_THREADS": "1"}
-    with Server(cmd, port, env) as server, ThreadPoolExecutor(1) as pool:
+    settings = {"db_path": tmp_path / "s.db", "drain_seconds": 1, "preprocess_threads": 1}
+    with start_server("python -m serving", model_dir, **settings) as server, ThreadPoolExecutor(1) as pool:
         server.wait_ready()
         # one request that decodes 24 large images, one at a time: several seconds of work
         slow = pool.submit(

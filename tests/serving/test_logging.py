@@ -20,7 +20,7 @@ from serving.logging_config import JsonFormatter, RequestContextFilter, TextForm
 from serving.request_id import _current, identify
 from serving.settings import Settings
 from tests.serving.conftest import assert_error, files, image_bytes, running
-from tests.serving.processes import Server, free_port, serving_command
+from tests.serving.processes import Server, start_server
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -164,14 +164,8 @@ def _lines_of(server: Server) -> list[dict[str, object]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["python -m serving", "uvicorn --factory"])
 def test_json_logs_of_a_real_server(how: str, model_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    env = {
-        "CLCE_MODEL_DIR": str(model_dir),
-        "CLCE_DB_PATH": str(tmp_path / "s.db"),
-        "CLCE_LOG_FORMAT": "json",
-        "CLCE_INTRA_OP_THREADS": "1",
-    }
-    with Server(serving_command(how, port), port, env) as server, httpx.Client(timeout=30) as http:
+    server = start_server(how, model_dir, db_path=tmp_path / "s.db", log_format="json")
+    with server, httpx.Client(timeout=30) as http:
         server.wait_ready()
         headers = {"X-Request-ID": "create-1", "traceparent": TRACEPARENT}
         r = http.post(
@@ -198,10 +192,8 @@ def test_json_logs_of_a_real_server(how: str, model_dir: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_text_logs_of_a_real_server(model_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    cmd = serving_command("python -m serving", port, "--model-dir", str(model_dir))
-    env = {"CLCE_DB_PATH": str(tmp_path / "s.db"), "CLCE_INTRA_OP_THREADS": "1"}
-    with Server(cmd, port, env) as server, httpx.Client(timeout=30) as http:
+    server = start_server("python -m serving", model_dir, db_path=tmp_path / "s.db")
+    with server, httpx.Client(timeout=30) as http:
         server.wait_ready()
         http.get(f"{server.url}/info", headers={"X-Request-ID": "text-1", "traceparent": TRACEPARENT})
         server.signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ import pytest
 from serving.app import create_app
 from serving.settings import Settings
 from tests.serving.conftest import assert_error, files, image_bytes, running
-from tests.serving.processes import Server, free_port, serving_command
+from tests.serving.processes import start_server
 
 KEY = {"X-API-Key": "admin-secret"}
 
@@ -190,10 +190,8 @@ async def test_sets_without_kept_images_say_how_to_keep_them_after_a_reload(
 
 @pytest.mark.slow
 def test_sighup_reloads_a_real_server(model_link: Path, other_model_dir: Path, tmp_path: Path) -> None:
-    port = free_port()
-    cmd = serving_command("python -m serving", port, "--model-dir", str(model_link), "--log-level", "warning")
-    env = {"CLCE_DB_PATH": str(tmp_path / "s.db"), "CLCE_INTRA_OP_THREADS": "1"}
-    with Server(cmd, port, env) as server, httpx.Client(base_url=server.url, timeout=30) as http:
+    server = start_server("python -m serving", model_link, db_path=tmp_path / "s.db")
+    with server, httpx.Client(base_url=server.url, timeout=30) as http:
         server.wait_ready()
         before = http.get("/info").json()["model"]
         _point(model_link, other_model_dir)

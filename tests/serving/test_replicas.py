@@ -28,7 +28,7 @@ import pytest
 
 from tests.serving.conftest import files, image_bytes
 from tests.serving.postgres import PostgresServer
-from tests.serving.processes import Server, free_port, serving_command
+from tests.serving.processes import Server, start_server
 
 COLORS = ("red", "green", "blue")
 # idle connections expire on the client before uvicorn closes them (5 s), so that no request is sent
@@ -39,15 +39,15 @@ KEEPALIVE = httpx.Limits(keepalive_expiry=2.0)
 @contextlib.contextmanager
 def replicas(model_dir: Path, db_url: str, n: int = 2) -> Iterator[list[Server]]:
     """``n`` servers on one database, started together, all ready."""
-    env = {"CLCE_DB_URL": db_url, "CLCE_INTRA_OP_THREADS": "1", "CLCE_PREPROCESS_THREADS": "1"}
     with contextlib.ExitStack() as stack:
-        servers = []
-        for _ in range(n):
-            port = free_port()
-            cmd = serving_command(
-                "python -m serving", port, "--model-dir", str(model_dir), "--log-level", "warning"
+        servers = [
+            stack.enter_context(
+                start_server(
+                    "python -m serving", model_dir, db_url=db_url, preprocess_threads=1, log_level="warning"
+                )
             )
-            servers.append(stack.enter_context(Server(cmd, port, env)))
+            for _ in range(n)
+        ]
         yield [s.wait_ready() for s in servers]
 
 
