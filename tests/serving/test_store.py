@@ -24,6 +24,7 @@ from serving.settings import Settings
 from serving.store import SCHEMA_VERSION, StoreError, SupportSetStore
 from serving.store.database import parse_url
 from tests.serving.conftest import DIM, assert_error, files, image_bytes, make_export, wait_ready
+from tests.serving.postgres import PostgresServer
 
 
 @pytest.fixture
@@ -422,3 +423,16 @@ def test_db_path_is_an_alias_and_db_url_wins(
     assert load_settings().resolved_db_url == f"sqlite:///{tmp_path / 'a.db'}"
     monkeypatch.setenv("CLCE_DB_URL", "postgresql://u@db.example/sets")  # e.g. over an image's default path
     assert load_settings().resolved_db_url == "postgresql://u@db.example/sets"
+
+
+def test_a_database_lost_while_serving_is_a_503_not_a_500(
+    make_settings: Callable[..., Settings], postgres: PostgresServer
+) -> None:
+    name = postgres.create_database()
+    with TestClient(create_app(make_settings(db_url=postgres.url(name)))) as c:
+        wait_ready(c)
+        assert c.get("/support-sets").status_code == 200
+        postgres.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        error = assert_error(c.get("/support-sets"), 503, "store_unavailable", "retry shortly")
+        assert name in error["message"]  # which database, never its password
+        assert c.get("/health/live").status_code == 200
