@@ -13,11 +13,19 @@ from collections.abc import Sequence
 import numpy as np
 
 from serving.service import Service, Upload
+from serving.store import NewImages
 
 
-def kept(service: Service, uploads: Sequence[Upload]) -> list[bytes] | None:
-    """The uploaded files to keep in the store, or ``None`` unless ``CLCE_KEEP_SUPPORT_IMAGES`` is on."""
-    return [u.data for u in uploads] if service.settings.keep_support_images else None
+def new_images(
+    service: Service, uploads: Sequence[Upload], labels: Sequence[str], embedding: np.ndarray
+) -> NewImages:
+    """Embedded uploads for the store, keeping the files only with ``CLCE_KEEP_SUPPORT_IMAGES``.
+
+    Args:
+        embedding: ``(N, D)`` the uploads' un-normalised embeddings.
+    """
+    images = [u.data for u in uploads] if service.settings.keep_support_images else None
+    return NewImages(labels, embedding, [u.filename for u in uploads], images)
 
 
 async def set_embeddings(service: Service, set_id: str) -> tuple[list[str], np.ndarray]:

@@ -18,7 +18,7 @@ from serving.schemas import (
 )
 from serving.service import check_labels
 from serving.store import SupportSetInfo
-from serving.support_sets import kept
+from serving.support_sets import new_images
 
 router = APIRouter(prefix="/support-sets", tags=["support sets"], responses=ERROR_RESPONSES)
 logger = logging.getLogger(__name__)
@@ -50,15 +50,8 @@ async def create_support_set(
     (uploads,) = await service.read_uploads([("support", support)])
     labels = check_labels(support_labels, uploads)
     embedding, _ = await service.infer(uploads)
-    info = await service.run_store(
-        service.store.create,
-        name.strip() or name,
-        service.card.sha256,
-        labels,
-        embedding,
-        [u.filename for u in uploads],
-        kept(service, uploads),
-    )
+    new = new_images(service, uploads, labels, embedding)
+    info = await service.run_store(service.store.create, name.strip() or name, service.card.sha256, new)
     logger.info("support set %s created: %d images, %d classes", info.id, info.num_images, len(info.classes))
     return _out(info)
 
@@ -72,15 +65,8 @@ async def add_support_images(
     (uploads,) = await service.read_uploads([("support", support)])
     labels = check_labels(support_labels, uploads)
     embedding, _ = await service.infer(uploads)
-    info = await service.run_store(
-        service.store.add,
-        set_id,
-        service.card.sha256,
-        labels,
-        embedding,
-        [u.filename for u in uploads],
-        kept(service, uploads),
-    )
+    new = new_images(service, uploads, labels, embedding)
+    info = await service.run_store(service.store.add, set_id, service.card.sha256, new)
     logger.info("support set %s: %d images added, %d in all", set_id, len(uploads), info.num_images)
     return _out(info)
 

@@ -1,7 +1,8 @@
-"""What the store returns: a set's description, and a set's embeddings for one model."""
+"""What the store takes (newly embedded images) and returns (a set's description, its embeddings)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,3 +64,31 @@ class SetEmbeddings:
     item_ids: list[int]
     embeddings: list[np.ndarray | None]
     missing: list[KeptImage]
+
+
+@dataclass(frozen=True)
+class NewImages:
+    """Support images of one upload, embedded by one model, to store in a set.
+
+    Attributes:
+        labels: ``(N,)`` one label per image.
+        embeddings: ``(N, D)`` float32, the encoder's un-normalised outputs.
+        filenames: ``(N,)`` the uploaded file names (for reference).
+        images: ``(N,)`` the uploaded files, to keep (content-addressed); ``None`` keeps none.
+
+    Raises:
+        ValueError: the four do not have one entry per image.
+    """
+
+    labels: Sequence[str]
+    embeddings: np.ndarray
+    filenames: Sequence[str]
+    images: Sequence[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        n, emb = len(self.labels), self.embeddings
+        counts = (len(emb), len(self.filenames), n if self.images is None else len(self.images))
+        if emb.ndim != 2 or counts != (n, n, n):
+            raise ValueError(
+                f"need (N, D) embeddings and N labels, filenames (and images), got {emb.shape}, {n}, {counts}"
+            )

@@ -20,6 +20,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Connection, and_, case, delete, exists, func, insert, select, true, update
@@ -28,7 +29,7 @@ from serving.errors import ModelMismatch, SupportSetNotFound
 from serving.store.database import IMAGES_LOCK, Database
 from serving.store.errors import StoreError, StoreUnavailable
 from serving.store.migrations import migrate
-from serving.store.records import KeptImage, SetEmbeddings, SupportSetInfo
+from serving.store.records import KeptImage, NewImages, SetEmbeddings, SupportSetInfo
 from serving.store.schema import support_embeddings, support_images, support_items, support_sets
 
 _DTYPE = np.dtype("<f4")
@@ -40,6 +41,17 @@ def _now() -> str:
 
 def _not_found(set_id: str) -> SupportSetNotFound:
     return SupportSetNotFound(f"no support set with id {set_id!r}; GET /support-sets lists them")
+
+
+def _embedding_rows(
+    item_ids: Sequence[int], model_sha256: str, embeddings: np.ndarray
+) -> list[dict[str, Any]]:
+    """Rows of ``support_embeddings`` for ``(n, D)`` embeddings of items ``item_ids`` (n,)."""
+    emb = np.ascontiguousarray(embeddings, dtype=_DTYPE)  # (n, D)
+    return [
+        {"item_id": item_id, "model_sha256": model_sha256, "embedding": emb[i].tobytes()}
+        for i, item_id in enumerate(item_ids)
+    ]
 
 
 def _mismatch(info: SupportSetInfo, model_sha256: str) -> ModelMismatch:
@@ -215,23 +227,10 @@ class SupportSetStore:
             raise _not_found(set_id)
 
     def _insert_items(
-        self,
-        conn: Connection,
-        set_id: str,
-        model_sha256: str,
-        labels: Sequence[str],
-        filenames: Sequence[str],
-        embeddings: np.ndarray,
-        images: Sequence[bytes] | None,
-        now: str,
+        self, conn: Connection, set_id: str, model_sha256: str, new: NewImages, now: str
     ) -> None:
-        emb = np.ascontiguousarray(embeddings, dtype=_DTYPE)  # (N, D)
-        n = len(labels)
-        if emb.ndim != 2 or len(emb) != n or len(filenames) != n or (images is not None and len(images) != n):
-            raise ValueError(
-                f"need (N, D) embeddings with N labels, filenames (and images), got {emb.shape}, {n}, "
-                f"{len(filenames)}, {None if images is None else len(images)}"
-            )
+        images = new.images
+        n = len(new.labels)
         shas: list[str | None] = [None] * n
         if images is not None:
             shas = [hashlib.sha256(data).hexdigest() for data in images]
@@ -245,39 +244,16 @@ class SupportSetStore:
                 insert(support_items).returning(support_items.c.id, sort_by_parameter_order=True),
                 [
                     {"set_id": set_id, "label": label, "filename": name, "image_sha256": sha, "created": now}
-                    for label, name, sha in zip(labels, filenames, shas, strict=True)
+                    for label, name, sha in zip(new.labels, new.filenames, shas, strict=True)
                 ],
             )
             .scalars()
             .all()
         )
-        conn.execute(
-            insert(support_embeddings),
-            [
-                {"item_id": item_id, "model_sha256": model_sha256, "embedding": emb[i].tobytes()}
-                for i, item_id in enumerate(item_ids)
-            ],
-        )
+        conn.execute(insert(support_embeddings), _embedding_rows(item_ids, model_sha256, new.embeddings))
 
-    def create(
-        self,
-        name: str,
-        model_sha256: str,
-        labels: Sequence[str],
-        embeddings: np.ndarray,
-        filenames: Sequence[str],
-        images: Sequence[bytes] | None = None,
-    ) -> SupportSetInfo:
-        """Store a new set.
-
-        Args:
-            name: Free text.
-            model_sha256: sha256 of the encoder that made ``embeddings``.
-            labels: ``(N,)`` one label per image.
-            embeddings: ``(N, D)`` un-normalised encoder outputs.
-            filenames: ``(N,)`` the uploaded file names (for reference).
-            images: ``(N,)`` the uploaded files, to keep (content-addressed); ``None`` keeps none.
-        """
+    def create(self, name: str, model_sha256: str, new: NewImages) -> SupportSetInfo:
+        """Store a new set named ``name`` (free text) of images embedded by ``model_sha256``."""
         set_id = uuid.uuid4().hex
         now = _now()
         with self.db.write() as conn:
@@ -286,24 +262,16 @@ class SupportSetStore:
                     id=set_id,
                     name=name,
                     model_sha256=model_sha256,
-                    embedding_dim=int(embeddings.shape[1]),
+                    embedding_dim=int(new.embeddings.shape[1]),
                     created=now,
                     updated=now,
                 )
             )
-            self._insert_items(conn, set_id, model_sha256, labels, filenames, embeddings, images, now)
+            self._insert_items(conn, set_id, model_sha256, new, now)
             return self._info(conn, set_id, model_sha256)
 
-    def add(
-        self,
-        set_id: str,
-        model_sha256: str,
-        labels: Sequence[str],
-        embeddings: np.ndarray,
-        filenames: Sequence[str],
-        images: Sequence[bytes] | None = None,
-    ) -> SupportSetInfo:
-        """Append images to a set this model can use (arguments as in :meth:`create`).
+    def add(self, set_id: str, model_sha256: str, new: NewImages) -> SupportSetInfo:
+        """Append images embedded by ``model_sha256`` to a set that model can use.
 
         Raises:
             SupportSetNotFound: also when the set is deleted while this runs.
@@ -315,7 +283,7 @@ class SupportSetStore:
             info = self._info(conn, set_id, model_sha256)
             if not info.usable:
                 raise _mismatch(info, model_sha256)
-            self._insert_items(conn, set_id, model_sha256, labels, filenames, embeddings, images, now)
+            self._insert_items(conn, set_id, model_sha256, new, now)
             conn.execute(update(support_sets).where(support_sets.c.id == set_id).values(updated=now))
             return self._info(conn, set_id, model_sha256)
 
@@ -333,17 +301,9 @@ class SupportSetStore:
         Raises:
             SupportSetNotFound: the set was deleted meanwhile.
         """
-        emb = np.ascontiguousarray(embeddings, dtype=_DTYPE)  # (n, D)
         with self.db.write() as conn:
             self._lock_set(conn, set_id)
-            self.db.insert_new(
-                conn,
-                support_embeddings,
-                [
-                    {"item_id": item_id, "model_sha256": model_sha256, "embedding": emb[i].tobytes()}
-                    for i, item_id in enumerate(item_ids)
-                ],
-            )
+            self.db.insert_new(conn, support_embeddings, _embedding_rows(item_ids, model_sha256, embeddings))
 
     def delete(self, set_id: str) -> None:
         """Remove a set, its embeddings (every model's) and the kept images no other set uses.

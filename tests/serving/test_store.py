@@ -21,7 +21,7 @@ from clce_core.export_folder import ExportFolderError, read_card
 from serving.app import create_app, load_settings
 from serving.errors import ModelMismatch, SupportSetNotFound
 from serving.settings import Settings
-from serving.store import SCHEMA_VERSION, StoreError, SupportSetStore
+from serving.store import SCHEMA_VERSION, NewImages, StoreError, SupportSetStore
 from serving.store.database import parse_url
 from tests.serving.conftest import DIM, assert_error, files, image_bytes, make_export, wait_ready
 from tests.serving.postgres import PostgresServer
@@ -285,11 +285,11 @@ def test_cli_refuses_a_bad_model_dir_in_one_line(tmp_path: Path, capsys: pytest.
 def test_store_directly(db_url: str) -> None:
     store = SupportSetStore(db_url)
     emb = np.arange(2 * DIM, dtype=np.float32).reshape(2, DIM)
-    info = store.create("n", "sha-a", ["x", "y"], emb, ["1.png", "2.png"])
+    info = store.create("n", "sha-a", NewImages(["x", "y"], emb, ["1.png", "2.png"]))
     loaded = store.load(info.id, "sha-a")
     assert loaded.labels == ["x", "y"] and np.array_equal(np.stack(loaded.embeddings), emb)
     assert loaded.missing == []
-    store.add(info.id, "sha-a", ["x"], emb[:1] + 1, ["3.png"])
+    store.add(info.id, "sha-a", NewImages(["x"], emb[:1] + 1, ["3.png"]))
     loaded = store.load(info.id, "sha-a")
     assert loaded.labels == ["x", "y", "x"] and np.stack(loaded.embeddings).shape == (3, DIM)
     assert store.get(info.id, "sha-a").classes == {"x": 2, "y": 1}
@@ -309,7 +309,7 @@ def test_store_directly(db_url: str) -> None:
 def test_kept_images_are_returned_for_re_embedding(db_url: str) -> None:
     store = SupportSetStore(db_url)
     emb = np.ones((2, DIM), dtype=np.float32)
-    info = store.create("n", "sha-a", ["x", "y"], emb, ["1.png", "2.png"], images=[b"one", b"two"])
+    info = store.create("n", "sha-a", NewImages(["x", "y"], emb, ["1.png", "2.png"], [b"one", b"two"]))
     loaded = store.load(info.id, "sha-b")
     assert [(k.filename, k.data) for k in loaded.missing] == [("1.png", b"one"), ("2.png", b"two")]
     assert loaded.embeddings == [None, None]
