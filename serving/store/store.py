@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, and_, case, delete, exists, func, insert, select, true, update
+from sqlalchemy import Connection, delete, exists, insert, select, update
 
 from serving.errors import ModelMismatch, SupportSetNotFound
 from serving.store.database import IMAGES_LOCK, Database
+from serving.store.describe import describe, items_with_embeddings_of
 from serving.store.errors import StoreError, StoreUnavailable
 from serving.store.migrations import migrate
 from serving.store.records import KeptImage, NewImages, SetEmbeddings, SupportSetInfo
@@ -92,65 +92,8 @@ class SupportSetStore:
 
     # ------------------------------------------------------------------------------------- reads
 
-    def _infos(self, conn: Connection, model_sha256: str, set_id: str | None = None) -> list[SupportSetInfo]:
-        sets = support_sets.c
-        items = support_items.c
-        emb = support_embeddings.c
-        query = select(support_sets).order_by(sets.created, sets.id)
-        rows = conn.execute(query if set_id is None else query.where(sets.id == set_id)).all()
-        if not rows:
-            return []
-        of_set = true() if set_id is None else items.set_id == set_id
-        classes: dict[str, dict[str, int]] = defaultdict(dict)
-        for sid, label, n in conn.execute(
-            select(items.set_id, items.label, func.count())
-            .where(of_set)
-            .group_by(items.set_id, items.label)
-            .order_by(items.set_id, func.min(items.id))
-        ):
-            classes[sid][label] = n
-        lost = case((and_(emb.item_id.is_(None), items.image_sha256.is_(None)), 1), else_=0)
-        counts = {
-            sid: (n, kept, embedded, unusable)
-            for sid, n, kept, embedded, unusable in conn.execute(
-                select(
-                    items.set_id,
-                    func.count(),
-                    func.count(items.image_sha256),
-                    func.count(emb.item_id),
-                    func.sum(lost),
-                )
-                .select_from(
-                    support_items.outerjoin(
-                        support_embeddings, and_(emb.item_id == items.id, emb.model_sha256 == model_sha256)
-                    )
-                )
-                .where(of_set)
-                .group_by(items.set_id)
-            )
-        }
-        out = []
-        for row in rows:
-            n, kept, embedded, unusable = counts.get(row.id, (0, 0, 0, 0))
-            out.append(
-                SupportSetInfo(
-                    id=row.id,
-                    name=row.name,
-                    model_sha256=row.model_sha256,
-                    embedding_dim=row.embedding_dim,
-                    num_images=int(n),
-                    classes=classes[row.id],
-                    created=row.created,
-                    updated=row.updated,
-                    kept_images=int(kept),
-                    embedded=int(embedded),
-                    unusable=int(unusable or 0),
-                )
-            )
-        return out
-
     def _info(self, conn: Connection, set_id: str, model_sha256: str) -> SupportSetInfo:
-        infos = self._infos(conn, model_sha256, set_id)
+        infos = describe(conn, model_sha256, set_id)
         if not infos:
             raise _not_found(set_id)
         return infos[0]
@@ -163,7 +106,7 @@ class SupportSetStore:
     def list_sets(self, model_sha256: str) -> list[SupportSetInfo]:
         """Every set, oldest first, from one snapshot."""
         with self.db.read() as conn:
-            return self._infos(conn, model_sha256)
+            return describe(conn, model_sha256)
 
     def check_usable(self, set_id: str, model_sha256: str) -> SupportSetInfo:
         """The set's description if it exists and ``model_sha256`` can use it.
@@ -190,11 +133,7 @@ class SupportSetStore:
                 raise _mismatch(info, model_sha256)
             rows = conn.execute(
                 select(items.id, items.label, items.filename, items.image_sha256, emb.embedding)
-                .select_from(
-                    support_items.outerjoin(
-                        support_embeddings, and_(emb.item_id == items.id, emb.model_sha256 == model_sha256)
-                    )
-                )
+                .select_from(items_with_embeddings_of(model_sha256))
                 .where(items.set_id == set_id)
                 .order_by(items.id)
             ).all()

@@ -130,3 +130,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'support.sqlite3'}"
     server: PostgresServer = request.getfixturevalue("postgres")
     return server.url(server.create_database())
+
+
+def query(db_url: str, sql: str) -> list[tuple[Any, ...]]:
+    """The rows of one SQL statement on the database at ``db_url`` (either backend), as tuples."""
+    import sqlalchemy as sa
+
+    from serving.store.database import parse_url
+
+    engine = sa.create_engine(parse_url(db_url))
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()

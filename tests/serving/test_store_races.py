@@ -89,7 +89,7 @@ async def test_fewshot_on_a_set_being_deleted_is_200_then_404(
         ids = [await _create(client, f"s{i}") for i in range(SETS // 2)]
         answers: list[httpx.Response] = []
 
-        async def use_until_gone(set_id: str) -> None:
+        async def use_until_gone(set_id: str, used: asyncio.Event) -> None:
             while True:
                 r = await client.post(
                     "/fewshot", files=files("queries", image_bytes("blue")), data={"support_set_id": set_id}
@@ -97,10 +97,12 @@ async def test_fewshot_on_a_set_being_deleted_is_200_then_404(
                 answers.append(r)
                 if r.status_code != 200:
                     return
+                used.set()
 
         async def race(set_id: str) -> httpx.Response:
-            users = asyncio.gather(*(use_until_gone(set_id) for _ in range(4)))
-            await asyncio.sleep(0.05)
+            used = asyncio.Event()
+            users = asyncio.gather(*(use_until_gone(set_id, used) for _ in range(4)))
+            await used.wait()  # delete while the set is in use: its users are mid-request
             deleted = await client.delete(f"/support-sets/{set_id}")
             await users
             return deleted
