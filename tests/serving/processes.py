@@ -1,7 +1,8 @@
 """Real server processes for the tests: ``python -m serving`` or ``uvicorn --factory`` on a free port.
 
 A :class:`Server` keeps the process's output (stdout and stderr together) in a file, so tests can
-read its log lines, and can be stopped with any signal (SIGTERM to drain, SIGKILL to crash).
+read its log lines, and can be sent any signal (SIGTERM to drain, SIGHUP to reload, SIGKILL to
+crash); leaving the ``with`` block stops a server that still runs (SIGTERM, SIGKILL after 10 s).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def start_server(how: str, model_dir: Path, *flags: str, **settings: object) -> 
 
 
 class Server:
-    """A server process (a context manager: started, ready, then killed if still running).
+    """A server process (a context manager: stopped at the end if still running).
 
     Args:
         cmd: The command line; it must listen on ``port``.
@@ -108,7 +109,11 @@ class Server:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        if self.proc.poll() is None:  # still running: SIGTERM (it drains, nothing is in flight), then SIGKILL
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._log.close()
