@@ -18,14 +18,19 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from pydantic import ValidationError
+from starlette.types import ASGIApp
 
 from clce_core import __version__
 from clce_core.export_folder import ExportFolderError
 from serving.deps import require_api_key
+from serving.drain import Drain, DrainMiddleware, install_sigterm
 from serving.errors import describe_validation_errors, install_error_handlers
 from serving.limits import BodyLimitMiddleware
+from serving.logging_config import configure_logging
 from serving.metrics import Metrics, MetricsMiddleware
-from serving.routes import fewshot, inference, support_sets, system, ui
+from serving.reload import install_sighup
+from serving.request_id import RequestIdMiddleware
+from serving.routes import admin, fewshot, inference, support_sets, system, ui
 from serving.routing import SlashRedirect
 from serving.service import Service
 from serving.settings import Settings
@@ -36,9 +41,10 @@ logger = logging.getLogger("serving")
 DESCRIPTION = """\
 Classify, embed and few-shot classify images with an exported CLCE model (ONNX Runtime).
 
-Every error is `{"error": {"code", "message"}}` with a 4xx status. When the server runs with
-`CLCE_API_KEY`, send the key in `X-API-Key` (all routes except `/health/*` and `/metrics`; the web
-page at `/` and these docs ask for it once and keep it in the browser tab).
+Every error is `{"error": {"code", "message", "request_id"}}` with a 4xx status; every response
+carries `X-Request-ID` (yours, or one the server made) and passes a W3C `traceparent` through. When
+the server runs with `CLCE_API_KEY`, send the key in `X-API-Key` (all routes except `/health/*` and
+`/metrics`; the web page at `/` and these docs ask for it once and keep it in the browser tab).
 """
 
 
@@ -70,11 +76,22 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("cannot start: %s", e)
         raise
     app.state.service = service
+    install_sigterm(app.state.drain)  # in the main thread (uvicorn); not under a test client
+    install_sighup(service.models)
     try:
         yield
     finally:
         app.state.service = None
         await service.stop()
+
+
+class ServingApp(FastAPI):
+    """FastAPI with :class:`~serving.request_id.RequestIdMiddleware` outside Starlette's error
+    middleware, so that every response and log line, a 500's included, carries the request's identity,
+    and :class:`~serving.drain.DrainMiddleware` inside it (a 503 while draining has the identity too)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestIdMiddleware(DrainMiddleware(super().build_middleware_stack(), self.state.drain))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -84,7 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings: Defaults to ``Settings()`` read from the ``CLCE_*`` environment.
     """
     settings = settings if settings is not None else load_settings()
-    app = FastAPI(
+    configure_logging(settings.log_format, settings.log_level)
+    app = ServingApp(
         title="CLCE serving",
         version=__version__,
         description=DESCRIPTION,
@@ -98,12 +116,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.service = None
+    app.state.drain = Drain(settings.drain_seconds)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts the 413s too
 
     protected = [Depends(require_api_key)]
-    for router in (inference.router, fewshot.router, support_sets.router, system.info_router):
+    for router in (inference.router, fewshot.router, support_sets.router, system.info_router, admin.router):
         app.include_router(router, dependencies=protected)
     app.include_router(system.health_router)
     ui.install(app, protected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -16,12 +17,20 @@ api_key_header = APIKeyHeader(
 )
 
 
-async def get_service(request: Request) -> Service:
-    """The service the lifespan started (``async``: FastAPI would run a plain ``def`` in a thread)."""
+def running_service(request: Request) -> Service:
+    """The service the lifespan started. Raises ``NotReady`` before that."""
     service = getattr(request.app.state, "service", None)
     if service is None:
         raise NotReady("the model is not loaded yet")
     return service
+
+
+async def get_service(request: Request) -> AsyncIterator[Service]:
+    """The service, with this request pinned to the model in service now (``async``: FastAPI would
+    run a plain ``def`` in a thread); a reload meanwhile does not change the request's model."""
+    service = running_service(request)
+    with service.models.pin():
+        yield service
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]

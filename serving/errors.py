@@ -1,6 +1,7 @@
 """Every error the API returns, and the one place they become JSON.
 
-Body of every error response: ``{"error": {"code": "...", "message": "..."}}``. Domain errors are
+Body of every error response: ``{"error": {"code": "...", "message": "...", "request_id": "..."}}``
+(``request_id`` is the response's ``X-Request-ID``, :mod:`serving.request_id`). Domain errors are
 :class:`ServingError` subclasses raised anywhere below the routes; FastAPI's own validation errors
 (missing fields, values out of range) and Starlette's HTTP errors (404, 405) go through the same
 mapping, so a client never sees another shape. An unexpected exception is logged with its traceback
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving import request_id
 from serving.routing import allowed_methods
 
 logger = logging.getLogger(__name__)
@@ -108,6 +110,18 @@ class NotReady(ServingError):
     code = "not_ready"
 
 
+class Forbidden(ServingError):
+    status_code = 403
+    code = "forbidden"
+
+
+class ReloadFailed(ServingError):
+    """The export folder cannot be loaded or warmed up; the model in service stays."""
+
+    status_code = 409
+    code = "reload_failed"
+
+
 class RequestTooLarge(StarletteHTTPException):
     """Raised while the body is being read; an HTTPException so that FastAPI re-raises it as it is."""
 
@@ -133,8 +147,11 @@ _HTTP_CODES = {
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
-    """The JSON body of every error response."""
-    return {"error": {"code": code, "message": message}}
+    """The JSON body of every error response, with the request's ``X-Request-ID`` (``None`` outside one)."""
+    identity = request_id.current()
+    return {
+        "error": {"code": code, "message": message, "request_id": identity.request_id if identity else None}
+    }
 
 
 def error_response(

@@ -56,6 +56,9 @@ SetName = Annotated[str, Form(min_length=1, max_length=200, description="A name 
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. `invalid_image`.")
     message: str = Field(description="What was wrong and what to do.")
+    request_id: str | None = Field(
+        None, description="The request's `X-Request-ID` (the client's, or one the server made): quote it."
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -102,10 +105,16 @@ class FewShotResponse(BaseModel):
 class SupportSetOut(BaseModel):
     id: str
     name: str
-    model: str = Field(description="sha256 of the encoder whose embeddings the set holds.")
-    compatible: bool = Field(description="Whether the set was made by the model this server runs.")
-    embedding_dim: int
+    model: str = Field(description="sha256 of the encoder that created the set.")
+    compatible: bool = Field(
+        description="Whether the model this server runs can use the set: it made every image's "
+        "embedding, or the image is kept and is re-embedded on first use."
+    )
+    embedding_dim: int = Field(description="Embedding size of the model that created the set.")
     num_images: int
+    kept_images: int = Field(
+        0, description="Images kept in the database (CLCE_KEEP_SUPPORT_IMAGES): they survive a model change."
+    )
     classes: dict[str, int] = Field(description="Support images per label.")
     created: str
     updated: str
@@ -183,3 +192,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         429: "Queue full; retry after Retry-After seconds",
     }.items()
 }
+
+
+class ReloadResponse(BaseModel):
+    model: str = Field(description="sha256 of the encoder in service now.")
+    previous: str = Field(description="sha256 of the encoder in service before.")
+    changed: bool = Field(description="False when CLCE_MODEL_DIR holds the model in service already.")
+    seconds: float = Field(description="Load, warm-up, switch and closing the old model.")

@@ -17,11 +17,12 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from clce_core.export_folder import ModelCard, read_card
+from clce_core.export_folder import ModelCard
 from serving.batching import MicroBatcher
 from serving.errors import LabelsMismatch, MissingField, ServingError, TooManyFiles
 from serving.metrics import Metrics
 from serving.preprocessing import preprocess
+from serving.reload import LoadedModel, ModelSlot, read_model_dir
 from serving.schemas import MAX_LABEL_LENGTH
 from serving.sessions import ModelRuntime
 from serving.settings import Settings
@@ -47,18 +48,32 @@ class Upload:
 
 @dataclass(eq=False)
 class Service:
-    """The running model and everything around it."""
+    """The running model and everything around it.
+
+    ``card``, ``runtime`` and ``batcher`` are those of the model the current request is pinned to
+    (:class:`~serving.reload.ModelSlot`): the same from a request's start to its end, across a reload.
+    """
 
     settings: Settings
-    card: ModelCard
-    runtime: ModelRuntime
-    batcher: MicroBatcher
+    models: ModelSlot
     store: SupportSetStore
     metrics: Metrics
     pool: ThreadPoolExecutor
     warmed: bool = False
     warmup_error: str | None = None
     _warm_task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def card(self) -> ModelCard:
+        return self.models.model.card
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        return self.models.model.runtime
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        return self.models.model.batcher
 
     @classmethod
     async def start(cls, settings: Settings, metrics: Metrics) -> Service:
@@ -67,36 +82,32 @@ class Service:
         Raises:
             ExportFolderError, StoreError: with a message saying what to fix.
         """
-        card = await run_in_threadpool(read_card, settings.model_dir)
-        runtime = await run_in_threadpool(
-            ModelRuntime, card, settings.device, settings.intra_op_threads, settings.intra_op_spinning
-        )
-        store = await run_in_threadpool(SupportSetStore, settings.resolved_db_path)
-        batcher = MicroBatcher(
-            runtime.run, settings.max_batch, settings.max_wait_ms, settings.max_queue, metrics=metrics
-        )
-        await batcher.start()
+        model = await LoadedModel.load(await read_model_dir(settings), settings, metrics)
+        try:
+            store = await run_in_threadpool(SupportSetStore, settings.resolved_db_url)
+        except BaseException:
+            await model.close()
+            raise
         pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="clce-preprocess")
-        service = cls(settings, card, runtime, batcher, store, metrics, pool)
+        service = cls(settings, ModelSlot(model, settings, metrics), store, metrics, pool)
         logger.info(
             "model %s (%s, %d classes, D=%d) on %s; support sets in %s",
-            card.sha256[:12],
-            card.model_name,
-            len(card.labels),
-            card.embedding_dim,
-            ", ".join(runtime.providers),
-            store.path,
+            model.card.sha256[:12],
+            model.card.model_name,
+            len(model.card.labels),
+            model.card.embedding_dim,
+            ", ".join(model.runtime.providers),
+            store.display,
         )
         if settings.warmup:
-            service._warm_task = asyncio.get_running_loop().create_task(service._warm_up())
+            service._warm_task = asyncio.get_running_loop().create_task(service._warm_up(model))
         else:
             service.warmed = True
         return service
 
-    async def _warm_up(self) -> None:
-        sizes = (1, self.settings.max_batch)
+    async def _warm_up(self, model: LoadedModel) -> None:
         try:
-            await self.batcher.call_blocking(lambda: self.runtime.warmup(sizes))
+            sizes = await model.warm_up(self.settings.max_batch)
             self.warmed = True
             logger.info("warm-up done (batch sizes %s)", sizes)
         except Exception as e:  # the server stays not-ready and says why
@@ -106,8 +117,9 @@ class Service:
     async def stop(self) -> None:
         if self._warm_task is not None and not self._warm_task.done():
             self._warm_task.cancel()
-        await self.batcher.stop()
+        await self.models.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
     def not_ready_reasons(self) -> list[str]:
         """Empty when ready: model loaded, warmed up, and on CUDA when ``device=cuda``."""

@@ -25,7 +25,13 @@ class Settings(BaseSettings):
         device: ``cpu`` or ``cuda`` (ONNX Runtime's CUDA execution provider; the server is not ready
             unless the session really runs on it).
         api_key: When set, every endpoint except ``/health/*`` and ``/metrics`` needs it in ``X-API-Key``.
-        db_path: SQLite file of the support sets (embeddings, not images); created when missing.
+        db_url: The support-set database: ``sqlite:///path/file.sqlite3`` (one process) or
+            ``postgresql://user:password@host:5432/db`` (shared by replicas). Default: ``db_path``.
+        db_path: SQLite file of the support sets, created when missing; the same as
+            ``db_url=sqlite:///<db_path>`` (kept for existing set-ups; ``db_url`` wins when both are set,
+            so an image's default ``CLCE_DB_PATH`` does not stand in the way of ``CLCE_DB_URL``).
+        keep_support_images: Keep support images in the database (content-addressed by sha256),
+            so that sets survive a model change: a new model re-embeds them on first use.
         max_batch: Most images in one ONNX Runtime call; 1 switches batching off.
         max_wait_ms: How long the first image of a batch waits for more to join it.
         max_queue: Most images waiting for the model; a request that would overflow it gets 429.
@@ -37,6 +43,10 @@ class Settings(BaseSettings):
         intra_op_spinning: Let ONNX Runtime's idle threads spin. Off by default: in a server the
             spinning threads take the CPU from image decoding and the event loop between calls.
         preprocess_threads: Threads that decode and resize images.
+        drain_seconds: On SIGTERM, the longest wait for admitted requests before exiting; also the
+            longest wait for requests on the old model after a reload.
+        log_format: ``text`` (default) or ``json`` (one JSON object per line, access lines too).
+        log_level: Level of the application's log (``python -m serving --log-level`` sets it too).
     """
 
     model_config = SettingsConfigDict(env_prefix="CLCE_", extra="ignore")
@@ -44,7 +54,9 @@ class Settings(BaseSettings):
     model_dir: Path
     device: Literal["cpu", "cuda"] = "cpu"
     api_key: SecretStr | None = None
+    db_url: str | None = None
     db_path: Path = DEFAULT_DB_PATH
+    keep_support_images: bool = False
     max_batch: int = Field(32, ge=1, le=4096)
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0)
     max_queue: int = Field(256, ge=1)
@@ -55,6 +67,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0)
     intra_op_spinning: bool = False
     preprocess_threads: int = Field(4, ge=1, le=64)
+    drain_seconds: float = Field(30.0, ge=0.0, le=3600.0)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -68,6 +83,6 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def resolved_db_path(self) -> Path:
-        """``db_path`` with ``~`` expanded."""
-        return self.db_path.expanduser()
+    def resolved_db_url(self) -> str:
+        """``db_url``, or the SQLite URL of ``db_path`` (``~`` expanded)."""
+        return self.db_url or f"sqlite:///{self.db_path.expanduser()}"

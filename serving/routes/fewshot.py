@@ -18,6 +18,7 @@ from serving.schemas import (
     Threshold,
 )
 from serving.service import check_labels
+from serving.support_sets import set_embeddings
 
 router = APIRouter(tags=["few-shot"], responses=ERROR_RESPONSES)
 
@@ -46,7 +47,7 @@ async def fewshot(
         await service.run_store(service.store.check_usable, set_id, service.card.sha256)
         (query_uploads,) = await service.read_uploads([("queries", queries)])
         query_emb, _ = await service.infer(query_uploads)
-        labels, support_emb = await service.run_store(service.store.load, set_id, service.card.sha256)
+        labels, support_emb = await set_embeddings(service, set_id)
     else:
         if not support:
             raise MissingField("support: upload support images with support_labels, or give a support_set_id")

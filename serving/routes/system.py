@@ -78,6 +78,8 @@ async def ready(request: Request) -> Response:
         body = ReadyResponse(ready=False, reasons=["model not loaded"], device=settings.device, providers=[])
     else:
         reasons = service.not_ready_reasons()
+        if request.app.state.drain.draining:
+            reasons.insert(0, "draining: the server is shutting down")
         body = ReadyResponse(
             ready=not reasons, reasons=reasons, device=settings.device, providers=service.runtime.providers
         )

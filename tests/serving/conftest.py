@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -38,8 +35,9 @@ from clce_core.export_folder import (
 )
 from serving.app import create_app
 from serving.settings import Settings
+from tests.serving.postgres import db_url, postgres  # noqa: F401  (fixtures: both store backends)
+from tests.serving.processes import REPO, Server, free_port  # noqa: F401  (free_port, REPO: for the tests)
 
-REPO = Path(__file__).resolve().parents[2]
 LABELS = ("red", "green", "blue")
 DIM = 8
 INPUT_SIZE = (3, 32, 32)
@@ -165,6 +163,8 @@ def make_settings(tmp_path: Path, model_dir: Path) -> Callable[..., Settings]:
             "preprocess_threads": 2,
         }
         values.update(overrides)
+        if "db_url" in overrides:
+            del values["db_path"]
         return Settings(**values)
 
     return make
@@ -190,7 +190,8 @@ def assert_error(response: Any, status: int, code: str, *words: str) -> dict[str
     """The response is the JSON error body with this status and code, its message naming ``words``."""
     assert response.status_code == status, (response.status_code, response.text)
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}, body
+    assert body["error"]["request_id"] == response.headers["x-request-id"], (body, response.headers)
     assert body["error"]["code"] == code, body
     for word in words:
         assert word in body["error"]["message"], (word, body)
@@ -233,36 +234,8 @@ def histogram(metrics_text: str, name: str) -> dict[str, float]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def server_process(cmd: list[str], env: dict[str, str], port: int, timeout: float = 60.0) -> Iterator[str]:
     """Run the server as a real process on loopback; yield its base URL once ``/health/ready`` is 200."""
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=base, timeout=5) as client:
-            while True:
-                assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-                try:
-                    if client.get("/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"server not ready in {timeout:.0f} s"
-                time.sleep(0.1)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with Server(cmd, port, env) as server:
+        yield server.wait_ready(timeout).url

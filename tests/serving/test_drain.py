@@ -1,0 +1,152 @@
+"""Graceful drain on SIGTERM: ready turns 503 at once, new requests get 503, admitted ones finish, exit in time."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.app import create_app
+from serving.drain import Drain
+from serving.settings import Settings
+from tests.serving.conftest import assert_error, files, image_bytes, running
+from tests.serving.processes import Server, start_server
+
+BIG = image_bytes("red", size=(2000, 2000))  # ~0.25 s of decoding on this machine: requests stay in flight
+
+
+@pytest.mark.anyio
+async def test_draining_refuses_new_requests_but_answers_probes(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    exits: list[bool] = []
+    async with running(app) as client:
+        app.state.drain.begin(exits.append)
+        ready = await client.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["reasons"][0].startswith("draining"), ready.text
+        assert (await client.get("/health/live")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+        r = await client.post(
+            "/classify", files=files("images", image_bytes()), headers={"X-Request-ID": "late-1"}
+        )
+        error = assert_error(r, 503, "draining", "retry the request on another instance")
+        assert error["request_id"] == "late-1" and r.headers["connection"] == "close"
+        await asyncio.sleep(0.1)
+    assert exits == [False]  # nothing was in flight: the server was told to exit, not forced
+
+
+@pytest.mark.anyio
+async def test_drain_waits_for_requests_in_flight_then_gives_up_at_the_deadline() -> None:
+    exits: list[tuple[bool, float]] = []
+    start = time.monotonic()
+    drain = Drain(seconds=0.3)
+    drain.in_flight = 1
+    drain.begin(lambda forced: exits.append((forced, time.monotonic() - start)))
+    await asyncio.sleep(0.1)
+    assert exits == []  # still waiting for the request
+    await asyncio.sleep(0.4)
+    assert len(exits) == 1 and exits[0][0] is True and 0.3 <= exits[0][1] < 0.6, exits
+
+    finished: list[bool] = []
+    drain = Drain(seconds=10)
+    drain.in_flight = 1
+    drain.begin(finished.append)
+    drain.begin(finished.append)  # a second SIGTERM changes nothing
+    await asyncio.sleep(0.05)
+    drain.in_flight = 0
+    await asyncio.sleep(0.05)
+    assert finished == [False]
+
+
+@dataclass
+class Outcome:
+    started: float
+    ended: float
+    status: int | None  # None: no answer (transport error)
+    code: str | None = None
+
+
+async def _client(url: str, outcomes: list[Outcome], terminated: list[float]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        while True:
+            started = time.monotonic()
+            try:
+                r = await http.post("/classify", files=files("images", BIG))
+            except httpx.TransportError:
+                outcomes.append(Outcome(started, time.monotonic(), None))
+                return
+            code = r.json()["error"]["code"] if r.status_code != 200 else None
+            outcomes.append(Outcome(started, time.monotonic(), r.status_code, code))
+            if terminated and (code == "draining" or started > terminated[0] + 30):
+                return  # a load balancer would now send it elsewhere
+
+
+async def _sigterm_under_load(server: Server, clients: int) -> tuple[list[Outcome], float, httpx.Response]:
+    outcomes: list[Outcome] = []
+    terminated: list[float] = []
+    tasks = [asyncio.create_task(_client(server.url, outcomes, terminated)) for _ in range(clients)]
+    await asyncio.sleep(2.0)
+    terminated.append(time.monotonic())
+    server.signal(signal.SIGTERM)
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
+        await asyncio.sleep(0.2)
+        ready = await probe.get("/health/ready")
+    await asyncio.gather(*tasks)
+    return outcomes, terminated[0], ready
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["python -m serving", "uvicorn --factory"])
+def test_sigterm_under_load_fails_no_request_in_flight(how: str, model_dir: Path, tmp_path: Path) -> None:
+    settings = {"db_path": tmp_path / "s.db", "drain_seconds": 20, "preprocess_threads": 2}
+    with start_server(how, model_dir, **settings) as server:
+        server.wait_ready()
+        outcomes, terminated, ready = asyncio.run(_sigterm_under_load(server, clients=8))
+        code = server.wait(30)
+        exited = time.monotonic()
+        log = server.output()
+    assert ready.status_code == 503 and ready.json()["reasons"][0].startswith("draining"), ready.text
+    assert code in (0, -signal.SIGTERM), log
+    assert exited - terminated < 20, f"exit took {exited - terminated:.1f} s"
+    before = [o for o in outcomes if o.started < terminated]
+    failed = [o for o in before if not (o.status == 200 or o.code == "draining")]
+    drained = [o for o in before if o.status == 200 and o.ended > terminated]
+    assert failed == [], failed  # 0 failed in-flight requests
+    assert drained, "no request was in flight at SIGTERM: the test did not test the drain"
+    after = [o for o in outcomes if o.started >= terminated]
+    assert all(o.status in (200, 503, None) for o in after), after  # refused or gone, never a 5xx
+    assert "drain: done" in log, log
+    print(f"{how}: {len(before)} requests before SIGTERM, {len(drained)} finished during the drain, 0 failed")
+
+
+@pytest.mark.slow
+def test_the_drain_ends_at_clce_drain_seconds(model_dir: Path, tmp_path: Path) -> None:
+    settings = {"db_path": tmp_path / "s.db", "drain_seconds": 1, "preprocess_threads": 1}
+    with start_server("python -m serving", model_dir, **settings) as server, ThreadPoolExecutor(1) as pool:
+        server.wait_ready()
+        # one request that decodes 24 large images, one at a time: several seconds of work
+        slow = pool.submit(
+            httpx.post, f"{server.url}/classify", files=files("images", *[BIG] * 24), timeout=60
+        )
+        time.sleep(1.0)
+        start = time.monotonic()
+        server.signal(signal.SIGTERM)
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 15 s after SIGTERM with CLCE_DRAIN_SECONDS=1:\n{server.output()}")
+        took = time.monotonic() - start
+        log = server.output()
+        with pytest.raises(httpx.TransportError):  # the straggler is cut off: the bound is the point
+            slow.result()
+    assert took < 6, f"{took:.1f} s"
+    assert "still running after CLCE_DRAIN_SECONDS" in log, log
