@@ -16,6 +16,7 @@ from serving.schemas import (
     InfoResponse,
     LimitsInfo,
     LiveResponse,
+    OpenSetInfo,
     ReadyResponse,
 )
 
@@ -54,6 +55,11 @@ async def info(service: ServiceDep) -> InfoResponse:
             max_files=settings.max_files,
             max_upload_bytes=settings.max_upload_bytes,
             max_image_pixels=settings.max_image_pixels,
+        ),
+        open_set=OpenSetInfo(
+            prototypes=card.prototypes is not None,
+            calibrated_threshold=card.calibrated_threshold,
+            keep=(card.open_set or {}).get("keep"),
         ),
     )
 
