@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from serving.deps import ServiceDep
 from serving.schemas import (
@@ -93,4 +94,5 @@ async def ready(request: Request) -> Response:
 @health_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics
-    return Response(registry.render(), media_type=registry.content_type)
+    body = await run_in_threadpool(registry.render)  # off the event loop: /health/* never waits on a scrape
+    return Response(body, media_type=registry.content_type)
