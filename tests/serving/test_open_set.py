@@ -183,3 +183,40 @@ def test_predict_cli_threshold(open_set_dir: Path, model_dir: Path, tmp_path: Pa
     assert done.returncode == 2 and "[-1, 1]" in done.stderr and "Traceback" not in done.stderr
     done = _predict("--model-dir", str(model_dir), red, "--json")  # no prototypes: similarity null
     assert json.loads(done.stdout)["similarity"] is None and json.loads(done.stdout)["rejected"] is False
+
+
+# ------------------------------------------------------------------------------- the benchmark
+
+
+@pytest.mark.slow  # 18 photographs up to 1411 x 1411 px: about 10 s on the loaded 2-core machine
+def test_open_set_benchmark_smoke(make_settings: Callable[..., Settings], tmp_path: Path) -> None:
+    from benchmarks import open_set  # the repository root is on sys.path (tests/ is a package)
+
+    labels = ("a-red", "b-green", "c-blue")  # sorted like the image folder's classes
+    folder = add_prototypes(make_export(tmp_path / "model", labels=labels))
+    for split, n in (("train", 3), ("test", 2)):
+        for label, colour in zip(labels, LABELS, strict=True):
+            (tmp_path / "data" / split / label).mkdir(parents=True)
+            for i in range(n):
+                rgb = tuple(min(255, v + 10 * i) for v in COLORS[colour])
+                Image.new("RGB", (36, 30), rgb).save(tmp_path / "data" / split / label / f"{i}.png")
+    out = tmp_path / "open_set.json"
+    args = ["--model-dir", str(folder), "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data")]
+    args += [
+        "--test-per-class",
+        "2",
+        "--noise",
+        "4",
+        "--glyphs-dir",
+        str(tmp_path / "none"),
+        "--output",
+        str(out),
+    ]
+    assert open_set.main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["threshold"] == CALIBRATED and set(results["sets"]) == {"test", "photos", "noise"}
+    test, noise = results["sets"]["test"], results["sets"]["noise"]
+    assert test["images"] == 6 and test["rejected_pct"] == 0 and test["top1_all"] == 100.0
+    assert noise["images"] == 4 and noise["rejected_pct"] == 100.0 and noise["auroc_vs_test"] == 1.0
+    assert results["sets"]["photos"]["images"] == len(open_set.PHOTOS)
+    assert results["coffee"]["without_threshold"]["label"] in labels  # a brown photo: near "a-red" here
