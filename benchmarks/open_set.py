@@ -69,7 +69,7 @@ def in_distribution(
     dataset: str, data_dir: str | None, per_class: int, seed: int
 ) -> tuple[list, list[int], list[str]]:
     """``per_class`` seeded test images per class (RGB PIL), their labels and the class names."""
-    from training.data import build_datasets, take_per_class
+    from training.datasets import build_datasets, take_per_class
 
     data = build_datasets(dataset, data_dir, False, None, None)
     if data.test is None:
