@@ -8,15 +8,15 @@
 Writes ``OUTPUT/encoder.onnx`` (pixel_values (N, 3, H, W) -> embedding (N, D), un-normalised),
 ``OUTPUT/head.onnx`` (embedding -> logits (N, C)), ``OUTPUT/prototypes.npy`` (the training-class
 prototypes for open-set /classify, (C, D); not with --no-open-set) and ``OUTPUT/model.json`` (the
-model card, written by ``clce_core.export_folder``; see docs/export.md). Before anything lands in OUTPUT, ONNX Runtime
-(CPU) runs 7 check images (3 random, 4 structured) at batch 1 and 7 and must match PyTorch: logits
-within 1e-4 x max(1, max|logit|) and embedding cosine >= 0.9999 (fp32), or 5e-2 x max(1,
-max|logit|), cosine >= 0.999 and the same top-1 (--fp16). --check-accuracy (or --dataset/--data-dir)
-also runs the ONNX model once over the run's test split and compares its top-1 with PyTorch's and
-the checkpoint's recorded number. The prototypes come from the run's training split (eval transform,
-the exported encoder); a rejection threshold is calibrated on its validation split: the highest
-cosine that keeps --open-set-keep (95%) of the validation images. Both need the run's data
-(--dataset/--data-dir to point elsewhere); --no-open-set exports without them.
+model card, written by ``clce_core.export_folder``; see docs/export.md). Before anything lands in
+OUTPUT, ONNX Runtime (CPU) runs 7 check images (3 random, 4 structured) at batch 1 and 7 and must
+match PyTorch: logits within 1e-4 x max(1, max|logit|) and embedding cosine >= 0.9999 (fp32), or
+5e-2 x max(1, max|logit|), cosine >= 0.999 and the same top-1 (--fp16). --check-accuracy (or
+--dataset/--data-dir) also runs the ONNX model once over the run's test split and compares its top-1
+with PyTorch's and the checkpoint's recorded number. The prototypes come from the run's training
+split (eval transform, the exported encoder); a rejection threshold is calibrated on its validation
+split: the highest cosine that keeps --open-set-keep (95%) of the validation images. Both need the
+run's data (--dataset/--data-dir to point elsewhere); --no-open-set exports without them.
 
 Exit codes: 0 exported; 1 the export did not match PyTorch (nothing written); 2 bad arguments,
 checkpoint or output folder.
