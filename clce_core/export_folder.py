@@ -15,9 +15,15 @@ Extending the contract without a new schema version:
 * an **optional card field**: one :class:`ModelCard` attribute with a default (plus its check in
   ``__post_init__``); it is read, written and defaulted for older cards with no other change. Keys
   this version does not model are kept in :attr:`ModelCard.extras` and written back unchanged.
-* an **optional file** (e.g. prototype embeddings): put it in the folder and pass its name to
-  :func:`write_card` (``extra_files``); it is listed under ``files`` with its sha256, and
-  :func:`read_card` verifies it like the ONNX files. :meth:`ModelCard.path` finds it.
+* an **optional file**: put it in the folder and pass its name to :func:`write_card`
+  (``extra_files``); it is listed under ``files`` with its sha256, and :func:`read_card` verifies it
+  like the ONNX files. :meth:`ModelCard.path` finds it.
+
+The one optional file this version models: ``prototypes.npy`` (:data:`PROTOTYPES_FILE`), the
+training-class prototypes for open-set ``/classify``: ``(C, D)`` float32, row ``c`` the unit-length
+mean L2-normalised embedding of class ``labels[c]``, written by :func:`write_prototypes`, loaded and
+checked by :func:`read_card` into :attr:`ModelCard.prototypes`. The card's ``open_set`` key says how
+they were made and holds the calibrated rejection ``threshold`` (:attr:`ModelCard.calibrated_threshold`).
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from clce_core.preprocessing import DEFAULT_CROP_PCT, EvalTransform
 ENCODER_FILE = "encoder.onnx"
 HEAD_FILE = "head.onnx"
 CARD_FILE = "model.json"
+#: Optional: training-class prototypes ``(C, D)`` float32 for open-set classification.
+PROTOTYPES_FILE = "prototypes.npy"
 #: The files every export holds besides the card; optional files are listed in the card's ``files``.
 MODEL_FILES = (ENCODER_FILE, HEAD_FILE)
 #: Graph input / output names: encoder ``pixel_values`` -> ``embedding``, head ``embedding`` -> ``logits``.
@@ -125,12 +133,17 @@ class ModelCard:
         metrics: Training metrics in percent (``val_top1``, ``test_top1``, ...).
         opset: ONNX opset of the files.
         precision: Compute precision inside the graphs (``"fp32"``, ``"fp16"``); I/O is float32.
+        open_set: How ``prototypes.npy`` was made and the calibrated rejection ``threshold`` (a cosine
+            in [-1, 1] or null), e.g. ``{"threshold", "keep", "calibration_images", ...}``; None when
+            the export has no prototypes (docs/export.md, "Open-set prototypes").
         versions: Library versions that wrote the files (``torch``, ``timm``, ``onnx``).
         files: ``{file name: sha256 hex}``: the ONNX files and any optional file.
         created: Export time, ISO 8601 UTC (stamped by :func:`write_card` when empty).
         extras: Keys this version does not model (``parity``, ``accuracy``, notes, newer fields),
             written after the others.
         model_dir: The folder the card was read from or written to (not a key).
+        prototypes: ``(C, D)`` float32 contents of ``prototypes.npy``, loaded and checked by
+            :func:`read_card` / :func:`write_card`; None when the folder has none (not a key).
     """
 
     schema_version: int = SCHEMA_VERSION
@@ -147,12 +160,14 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     opset: int | None = None
     precision: str = "fp32"
+    open_set: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
     model_dir: Path | None = None
     preprocess: EvalTransform = field(init=False, repr=False, compare=False)
+    prototypes: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def put(name: str, value: Any) -> None:
@@ -183,6 +198,17 @@ class ModelCard:
         put("versions", {k: str(v) for k, v in _mapping(self.versions, "versions").items()})
         put("files", _mapping(self.files, "files"))
         put("extras", _mapping(self.extras, "extras"))
+        if self.open_set is not None:
+            put("open_set", _mapping(self.open_set, "open_set"))
+            threshold = self.open_set.get("threshold")
+            if threshold is not None and not (
+                isinstance(threshold, int | float)
+                and not isinstance(threshold, bool)
+                and -1 <= threshold <= 1
+            ):
+                raise ExportFolderError(
+                    f"open_set.threshold must be a cosine in [-1, 1] or null, got {threshold!r}"
+                )
         if self.model_dir is not None:
             put("model_dir", Path(self.model_dir))
 
@@ -204,6 +230,12 @@ class ModelCard:
         if self.model_dir is None:
             raise ExportFolderError("this model card was neither read from nor written to a folder")
         return self.model_dir / name
+
+    @property
+    def calibrated_threshold(self) -> float | None:
+        """The rejection threshold calibrated at export (``open_set.threshold``), or None."""
+        threshold = (self.open_set or {}).get("threshold")
+        return None if threshold is None else float(threshold)
 
     @property
     def encoder_path(self) -> Path:
@@ -284,7 +316,53 @@ def write_card(folder: str | os.PathLike[str], card: ModelCard, extra_files: Ite
     created = card.created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     raw = dataclasses.replace(card, files=files, created=created).to_dict()
     (folder / CARD_FILE).write_text(json.dumps(raw, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    return ModelCard.from_dict(raw, folder)
+    return _with_prototypes(ModelCard.from_dict(raw, folder))
+
+
+def write_prototypes(folder: str | os.PathLike[str], prototypes: np.ndarray) -> str:
+    """Write the training-class prototypes as ``folder/prototypes.npy`` (before :func:`write_card`).
+
+    Args:
+        folder: The export folder.
+        prototypes: ``(C, D)`` unit rows in label order (e.g. :func:`clce_core.open_set.class_prototypes`).
+
+    Returns:
+        :data:`PROTOTYPES_FILE`, to pass to :func:`write_card` in ``extra_files`` (which checks the
+        shape against the card).
+    """
+    np.save(
+        Path(folder) / PROTOTYPES_FILE, np.ascontiguousarray(prototypes, dtype=np.float32), allow_pickle=False
+    )
+    return PROTOTYPES_FILE
+
+
+def _with_prototypes(card: ModelCard) -> ModelCard:
+    """``card`` with :attr:`ModelCard.prototypes` loaded from its (verified) folder and checked.
+
+    Raises:
+        ExportFolderError: ``open_set`` without the file, an unreadable file, or a shape other than
+            ``(len(labels), embedding_dim)``, or values that are not finite.
+    """
+    where = card.model_dir / CARD_FILE if card.model_dir is not None else CARD_FILE
+    if PROTOTYPES_FILE not in card.files:
+        if card.open_set is not None:
+            raise ExportFolderError(
+                f"{where} has 'open_set' but lists no {PROTOTYPES_FILE} under 'files'; re-export the model"
+            )
+        return card
+    path = card.path(PROTOTYPES_FILE)
+    try:
+        protos = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # numpy's own message would suggest an unsafe pickle load
+        raise ExportFolderError(f"{path} is not a .npy array of numbers; re-export the model") from None
+    want = (len(card.labels), card.embedding_dim)
+    if protos.shape != want or not np.issubdtype(protos.dtype, np.floating) or not np.isfinite(protos).all():
+        raise ExportFolderError(
+            f"{path} holds a {protos.dtype} array of shape {protos.shape}, but {CARD_FILE} needs finite floats "
+            f"of shape {want} (one prototype per label, embedding_dim wide); re-export the model"
+        )
+    object.__setattr__(card, "prototypes", protos.astype(np.float32, copy=False))
+    return card
 
 
 # ------------------------------------------------------------------------------------ read, verify
@@ -331,7 +409,7 @@ def read_card(model_dir: str | os.PathLike[str]) -> ModelCard:
     except ExportFolderError as e:
         raise ExportFolderError(f"{where}: {e}; re-export the model") from None
     verify_files(card)
-    return card
+    return _with_prototypes(card)
 
 
 def verify_files(card: ModelCard) -> None:

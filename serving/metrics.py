@@ -4,12 +4,16 @@ Exposed at ``GET /metrics``:
 
 - ``clce_http_requests_total{method, route, status}`` and
   ``clce_http_request_duration_seconds{method, route, status}``: ``route`` is the route template
-  (``/support-sets/{set_id}``), ``unmatched`` when no route matched, so the label set stays small;
+  (``/support-sets/{set_id}``), ``unmatched`` when no route matched, and ``method`` one of
+  :data:`METHODS` or ``other``: a client cannot grow the label set (random paths or method names
+  all land on one value), so a scrape stays small;
 - ``clce_batch_size``: images per ONNX Runtime call (histogram);
 - ``clce_queue_depth``: images waiting for the model (gauge);
 - ``clce_inference_seconds``: duration of one batched call, encoder + head (histogram);
 - ``clce_queue_wait_seconds``: time an image waits before its batch starts (histogram);
 - ``clce_images_total``, ``clce_queue_rejections_total``.
+
+``GET /metrics`` renders in a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: The HTTP methods counted by name; any other method is counted as :data:`OTHER_METHOD`.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+UNMATCHED_ROUTE = "unmatched"
 
 
 class Metrics:
@@ -99,7 +107,8 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            labels = (scope.get("method", ""), route, str(status))
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED_ROUTE
+            method = scope.get("method", "")
+            labels = (method if method in METHODS else OTHER_METHOD, route, str(status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - start)

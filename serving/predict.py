@@ -2,9 +2,15 @@
 
     python -m serving.predict --model-dir models/flowers102-clce photos/
     python -m serving.predict --model-dir models/flowers102-clce a.jpg b.png --top-k 3 --json
+    python -m serving.predict --model-dir models/flowers102-clce photos/ --threshold calibrated
 
 Prints one line per image: ``PATH: label 0.912, label 0.051, ...`` (top-k softmax probabilities),
-or with --json one JSON object per line, ``{"file", "top_k": [{"label", "probability"}]}``. Folders
+or with --json one JSON object per line, ``{"file", "label", "rejected", "similarity", "top_k":
+[{"label", "probability"}]}`` (the fields of a ``/classify`` result). --threshold (a cosine in
+[-1, 1], or ``calibrated`` for the one stored at export) rejects an image whose best cosine to the
+training-class prototypes is below it: ``PATH: unknown (similarity 0.412 < 0.530); label 0.612,
+...``; an accepted one ends with ``(similarity 0.873)``. It needs an export with ``prototypes.npy``
+(exit code 2 otherwise), and is decided as the server decides (``serving.classification``). Folders
 are searched recursively for image files (by extension), in sorted order. An image that cannot be
 read gets one ``error:`` line on stderr (and ``{"file", "error"}`` with --json); the rest are still
 classified, and the exit code is 1. Exit code 2: the model folder is missing, incomplete or altered.
@@ -30,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from clce_core.export_folder import ExportFolderError, read_card
-from clce_core.metrics import softmax
 from clce_core.preprocessing import EvalTransform, load_image
+from serving.classification import OpenSetUnavailable, Prediction, parse_threshold, predict, resolve_threshold
 from serving.sessions import ModelRuntime
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -63,16 +69,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=5, help="classes per image (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--batch-size", type=int, default=16, help="images per ONNX Runtime call")
+    parser.add_argument(
+        "--threshold",
+        type=_threshold,
+        help="reject images whose best cosine to the training-class prototypes is below this (a number "
+        "in [-1, 1], or 'calibrated' for the threshold stored at export)",
+    )
     return parser
 
 
-def _emit(path: Path, labels: list[str], probs: np.ndarray, k: int, as_json: bool) -> None:
-    order = np.argsort(-probs, kind="stable")[:k]
+def _threshold(value: str) -> float | str | None:
+    try:
+        return parse_threshold(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _emit(path: Path, p: Prediction, threshold: float | None, as_json: bool) -> None:
     if as_json:
-        top = [{"label": labels[i], "probability": round(float(probs[i]), 6)} for i in order]
-        print(json.dumps({"file": str(path), "top_k": top}), flush=True)
+        top = [{"label": label, "probability": round(prob, 6)} for label, prob in p.top_k]
+        similarity = None if p.similarity is None else round(p.similarity, 6)
+        row = {"file": str(path), "label": p.label, "rejected": p.rejected, "similarity": similarity}
+        print(json.dumps({**row, "top_k": top}), flush=True)
+        return
+    ranked = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top_k)
+    if p.rejected:
+        line = f"{path}: {p.label} (similarity {p.similarity:.3f} < {threshold:.3f}); {ranked}"
+    elif threshold is not None:
+        line = f"{path}: {ranked} (similarity {p.similarity:.3f})"
     else:
-        print(f"{path}: " + ", ".join(f"{labels[i]} {probs[i]:.3f}" for i in order), flush=True)
+        line = f"{path}: {ranked}"
+    print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         card = read_card(args.model_dir)
+        threshold = resolve_threshold(card, args.threshold)
         runtime = ModelRuntime(card, device="auto")
+    except OpenSetUnavailable as e:
+        print(f"error: --threshold: {e}", file=sys.stderr)
+        return 2
     except ExportFolderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -91,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def flush() -> None:
         if batch:
-            _, logits = runtime.run(np.stack([x for _, x in batch]))  # (B, C)
-            for (path, _), p in zip(batch, softmax(logits), strict=True):
-                _emit(path, card.labels, p, args.top_k, args.json)
+            embedding, logits = runtime.run(np.stack([x for _, x in batch]))  # (B, D), (B, C)
+            predictions = predict(card, embedding, logits, args.top_k, threshold)
+            for (path, _), p in zip(batch, predictions, strict=True):
+                _emit(path, p, threshold, args.json)
             batch.clear()
 
     for path in find_images(args.images):

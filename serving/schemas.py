@@ -7,10 +7,12 @@ routes use them as parameters and FastAPI validates them); responses are pydanti
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import File, Form, Query, UploadFile
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+
+from serving.classification import CALIBRATED, UNKNOWN, parse_threshold
 
 # ------------------------------------------------------------------------------------------ requests
 
@@ -45,6 +47,16 @@ Threshold = Annotated[
         description="Cosine similarity in [-1, 1]; a query whose best score is below it is labelled `unknown`.",
     ),
 ]
+ClassifyThreshold = Annotated[
+    Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["calibrated"] | None,
+    BeforeValidator(parse_threshold),
+    Query(
+        description="Open-set rejection: a cosine similarity in [-1, 1], or `calibrated` for the threshold "
+        "calibrated at export on the validation split (`/info` `open_set`). An image whose best cosine to "
+        f"the training-class prototypes is below it is labelled `{UNKNOWN}` with `rejected: true`. "
+        "Needs an export with prototypes (otherwise 422)."
+    ),
+]
 TopK = Annotated[
     int, Query(ge=1, le=100_000, description="How many classes to return per image (at most C).")
 ]
@@ -72,11 +84,21 @@ class LabelProbability(BaseModel):
 
 class ClassifyResult(BaseModel):
     filename: str
-    top_k: list[LabelProbability]
+    label: str = Field(description=f"The most probable class, or `{UNKNOWN}` when `rejected`.")
+    rejected: bool = Field(
+        description="Whether `similarity` is below the threshold (never true without a threshold)."
+    )
+    similarity: float | None = Field(
+        description="Best cosine to the training-class prototypes; null when the export has none."
+    )
+    top_k: list[LabelProbability] = Field(description="The head's most probable classes, also when rejected.")
 
 
 class ClassifyResponse(BaseModel):
     model: str = Field(description="sha256 of encoder.onnx: the model's identity.")
+    threshold: float | None = Field(
+        description=f"The threshold applied (the calibrated value for `{CALIBRATED}`), or null."
+    )
     results: list[ClassifyResult]
 
 
@@ -90,7 +112,13 @@ class EmbedResponse(BaseModel):
 
 class FewShotResult(BaseModel):
     filename: str
-    label: str = Field(description="The nearest class by cosine similarity to its prototype, or `unknown`.")
+    label: str = Field(
+        description=f"The nearest class by cosine similarity to its prototype, or `{UNKNOWN}` when `rejected`."
+    )
+    rejected: bool = Field(
+        description="Whether the best score is below `threshold` (a support class may itself be named "
+        f"`{UNKNOWN}`: this field, not the label, says whether the query was rejected)."
+    )
     scores: dict[str, float] = Field(description="Cosine similarity to each class prototype.")
 
 
@@ -141,6 +169,16 @@ class LimitsInfo(BaseModel):
     max_image_pixels: int
 
 
+class OpenSetInfo(BaseModel):
+    prototypes: bool = Field(description="Whether the export has training-class prototypes (`similarity`).")
+    calibrated_threshold: float | None = Field(
+        description="The threshold `threshold=calibrated` applies; null when the card has none."
+    )
+    keep: float | None = Field(
+        description="The fraction of validation images the calibrated threshold keeps."
+    )
+
+
 class InfoResponse(BaseModel):
     model: str = Field(description="sha256 of encoder.onnx.")
     model_name: str
@@ -163,6 +201,7 @@ class InfoResponse(BaseModel):
     providers: list[str]
     batching: BatchingInfo
     limits: LimitsInfo
+    open_set: OpenSetInfo
 
 
 class LiveResponse(BaseModel):

@@ -3,15 +3,20 @@
     python -m training.export --checkpoint runs/flowers102-clce/best.pt --output models/flowers102-clce
     python -m training.export --checkpoint runs/X/best.pt --output models/X-fp16 --fp16 --force
     python -m training.export --checkpoint runs/X/best.pt --output models/X --check-accuracy
+    python -m training.export --checkpoint runs/X/best.pt --output models/X --no-open-set
 
 Writes ``OUTPUT/encoder.onnx`` (pixel_values (N, 3, H, W) -> embedding (N, D), un-normalised),
-``OUTPUT/head.onnx`` (embedding -> logits (N, C)) and ``OUTPUT/model.json`` (the model card, written
-by ``clce_core.export_folder``; see docs/export.md). Before anything lands in OUTPUT, ONNX Runtime
-(CPU) runs 7 check images (3 random, 4 structured) at batch 1 and 7 and must match PyTorch: logits
-within 1e-4 x max(1, max|logit|) and embedding cosine >= 0.9999 (fp32), or 5e-2 x max(1,
-max|logit|), cosine >= 0.999 and the same top-1 (--fp16). --check-accuracy (or --dataset/--data-dir)
-also runs the ONNX model once over the run's test split and compares its top-1 with PyTorch's and
-the checkpoint's recorded number.
+``OUTPUT/head.onnx`` (embedding -> logits (N, C)), ``OUTPUT/prototypes.npy`` (the training-class
+prototypes for open-set /classify, (C, D); not with --no-open-set) and ``OUTPUT/model.json`` (the
+model card, written by ``clce_core.export_folder``; see docs/export.md). Before anything lands in
+OUTPUT, ONNX Runtime (CPU) runs 7 check images (3 random, 4 structured) at batch 1 and 7 and must
+match PyTorch: logits within 1e-4 x max(1, max|logit|) and embedding cosine >= 0.9999 (fp32), or
+5e-2 x max(1, max|logit|), cosine >= 0.999 and the same top-1 (--fp16). --check-accuracy (or
+--dataset/--data-dir) also runs the ONNX model once over the run's test split and compares its top-1
+with PyTorch's and the checkpoint's recorded number. The prototypes come from the run's training
+split (eval transform, the exported encoder); a rejection threshold is calibrated on its validation
+split: the highest cosine that keeps --open-set-keep (95%) of the validation images. Both need the
+run's data (--dataset/--data-dir to point elsewhere); --no-open-set exports without them.
 
 Exit codes: 0 exported; 1 the export did not match PyTorch (nothing written); 2 bad arguments,
 checkpoint or output folder.
@@ -30,7 +35,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,8 +50,10 @@ from clce_core.export_folder import (
     ExportFolderError,
     ModelCard,
     write_card,
+    write_prototypes,
 )
 from clce_core.models import ClassifierModel
+from clce_core.open_set import DEFAULT_KEEP
 from training.onnx_export import (
     TOLERANCES,
     ConversionError,
@@ -60,6 +67,10 @@ from training.onnx_export import (
     parity_failures,
     supported_opsets,
 )
+from training.open_set import OpenSetData, build_open_set, describe_open_set, open_set_data
+
+if TYPE_CHECKING:
+    from training.datasets import DatasetSplits
 
 DEFAULT_OPSET = 17
 
@@ -229,6 +240,7 @@ def export_model(
     force: bool = False,
     images: np.ndarray | None = None,
     accuracy_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    open_set: OpenSetData | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``output``/{encoder.onnx, head.onnx, model.json}, verified, then renamed into place.
 
@@ -241,9 +253,12 @@ def export_model(
         images: normalised check images ``(N, 3, H, W)``; default :func:`training.onnx_export.check_images`.
         accuracy_loader: labelled batches (eval transform) on which ONNX top-1 is compared with PyTorch's
             once; the numbers go into the card as ``accuracy``.
+        open_set: training and validation batches for ``prototypes.npy`` and the calibrated threshold
+            (:mod:`training.open_set`); None: an export without them.
 
     Raises:
-        ExportError: bad output path, opset or labels, or the exporter failed (nothing is written).
+        ExportError: bad output path, opset or labels, the exporter failed, or the open-set data
+            cannot make prototypes (nothing is written).
         ParityError: ONNX Runtime disagrees with PyTorch beyond the tolerance (nothing is written).
     """
     output = Path(output)
@@ -296,8 +311,18 @@ def export_model(
                     f"ONNX top-1 {accuracy['onnx_top1']:.2f}% vs PyTorch {accuracy['torch_top1']:.2f}% on "
                     f"{accuracy['images']} images differs by more than {tol.top1_points} points"
                 )
+        extra_files = []
+        if open_set is not None:
+            try:
+                prototypes, summary = build_open_set(encoder, head, open_set, len(info.labels), images)
+            except ValueError as e:
+                raise ExportError(
+                    f"cannot make the open-set prototypes: {e}; or pass --no-open-set"
+                ) from None
+            extra_files.append(write_prototypes(tmp, prototypes))
+            card = replace(card, open_set=summary)
         try:
-            card = write_card(tmp, replace(card, extras=extras))
+            card = write_card(tmp, replace(card, extras=extras), extra_files)
         except OSError as e:
             raise ExportError(f"cannot write to {output}: {e.strerror or e}") from None
         try:
@@ -310,37 +335,47 @@ def export_model(
 # --------------------------------------------------------------------------------------- the CLI
 
 
-def accuracy_loader(
-    state: dict[str, Any], dataset: str | None, data_dir: str | None, split: str, workers: int
-) -> tuple[Any, str]:
-    """Batches of the run's (or the given) dataset split under the eval transform, and a description.
+def run_datasets(state: dict[str, Any], dataset: str | None, data_dir: str | None) -> DatasetSplits:
+    """The run's (or the given) dataset, every split under the eval transform, split as the run split it.
+
+    The training split keeps the run's ``train_per_class`` when it is the run's dataset.
 
     Raises:
         training.datasets.DatasetError: the dataset cannot be built.
         ExportError: its classes are not the checkpoint's.
     """
-    from torch.utils.data import DataLoader
-
     from training.datasets import build_datasets
-    from training.transforms import build_transforms
+    from training.transforms import eval_transform
 
     cfg = state["config"]
     name = dataset or cfg["dataset"]
-    root = data_dir if data_dir is not None else (cfg.get("data_dir") if name == cfg["dataset"] else None)
-    eval_tf = build_transforms(state["data_config"])[1]
-    data = build_datasets(
-        name, root, False, None, eval_tf, None, int(cfg.get("seed", 0)), float(cfg.get("val_fraction", 0.1))
-    )
+    own = name == cfg["dataset"]
+    root = data_dir if data_dir is not None else (cfg.get("data_dir") if own else None)
+    eval_tf = eval_transform(state["data_config"])
+    seed, val_fraction = int(cfg.get("seed", 0)), float(cfg.get("val_fraction", 0.1))
+    per_class = cfg.get("train_per_class") if own else None
+    data = build_datasets(name, root, False, eval_tf, eval_tf, per_class, seed, val_fraction)
     if list(data.classes) != list(state["classes"]):
         raise ExportError(
             f"{name} has {len(data.classes)} classes ({', '.join(data.classes[:3])}, ...) but the checkpoint "
             f"was trained on {len(state['classes'])} ({', '.join(state['classes'][:3])}, ...); "
             "pass the run's own --dataset/--data-dir"
         )
+    return data
+
+
+def accuracy_loader(data: DatasetSplits, split: str, workers: int) -> tuple[Any, str]:
+    """Batches of one split of :func:`run_datasets`' dataset, and a description.
+
+    Raises:
+        ExportError: the dataset has no such split.
+    """
+    from torch.utils.data import DataLoader
+
     subset = data.test if split == "test" else data.val
     if subset is None:
-        raise ExportError(f"{name} has no {split} split; use --split val")
-    return DataLoader(subset, batch_size=64, num_workers=workers), f"{name} {split}"
+        raise ExportError(f"{data.name} has no {split} split; use --split val")
+    return DataLoader(subset, batch_size=64, num_workers=workers), f"{data.name} {split}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -364,18 +399,36 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="evaluate the ONNX model once on the run's test split and compare with PyTorch",
     )
-    parser.add_argument("--dataset", help="dataset for the accuracy check (default: the run's); implies it")
+    parser.add_argument(
+        "--dataset", help="dataset for the accuracy check and the open-set prototypes (default: the run's)"
+    )
     parser.add_argument("--data-dir", help="its location (default: the run's); implies --check-accuracy")
     parser.add_argument(
         "--split", choices=("test", "val"), default="test", help="split for the accuracy check"
     )
     parser.add_argument("--workers", type=int, default=0, help="data-loading workers for the accuracy check")
+    parser.add_argument(
+        "--no-open-set",
+        action="store_true",
+        help="export without prototypes.npy and a calibrated threshold (needs no data); /classify then "
+        "reports similarity null and refuses a threshold",
+    )
+    parser.add_argument(
+        "--open-set-keep",
+        type=float,
+        default=DEFAULT_KEEP,
+        metavar="FRACTION",
+        help="the calibrated threshold keeps this fraction of the validation images (default %(default)s)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = build_parser().parse_args(argv)
+    if not 0.0 < args.open_set_keep <= 1.0:
+        print(f"error: --open-set-keep is a fraction in (0, 1], got {args.open_set_keep}", file=sys.stderr)
+        return 2
     from training.checkpoint import CheckpointError, model_from_checkpoint
     from training.datasets import DatasetError
 
@@ -387,9 +440,20 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(
                 f"checkpoint {args.checkpoint} does not describe a model ({e!s:.200})"
             ) from None
-        loader, described = None, ""
-        if args.check_accuracy or args.dataset or args.data_dir:
-            loader, described = accuracy_loader(state, args.dataset, args.data_dir, args.split, args.workers)
+        loader, described, open_set = None, "", None
+        check_accuracy = args.check_accuracy or args.dataset or args.data_dir
+        if check_accuracy or not args.no_open_set:
+            try:
+                data = run_datasets(state, args.dataset, args.data_dir)
+            except DatasetError as e:
+                hint = (
+                    "" if check_accuracy else "; or pass --no-open-set to export without open-set prototypes"
+                )
+                raise DatasetError(f"{e}{hint}") from None
+        if check_accuracy:
+            loader, described = accuracy_loader(data, args.split, args.workers)
+        if not args.no_open_set:
+            open_set = open_set_data(data, state["config"], args.open_set_keep, args.workers)
         result = export_model(
             model,
             info,
@@ -398,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             fp16=args.fp16,
             force=args.force,
             accuracy_loader=loader,
+            open_set=open_set,
         )
     except (CheckpointError, ExportError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -427,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print("accuracy: not checked; add --check-accuracy to run the ONNX model over the run's test split")
+    if card.get("open_set"):
+        print(f"open set: {describe_open_set(card['open_set'])}")
+    else:
+        print("open set: no prototypes (--no-open-set); /classify reports similarity null")
     print(f"model id (sha256 of encoder.onnx): {card['files'][ENCODER_FILE]}")
     return 0
 

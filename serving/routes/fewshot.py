@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from clce_core.fewshot import classify
+from clce_core.open_set import rejected
+from serving.classification import UNKNOWN
 from serving.deps import ServiceDep
 from serving.errors import InvalidField, MissingField
 from serving.schemas import (
@@ -22,8 +24,6 @@ from serving.support_sets import set_embeddings
 
 router = APIRouter(tags=["few-shot"], responses=ERROR_RESPONSES)
 
-UNKNOWN = "unknown"
-
 
 @router.post("/fewshot", response_model=FewShotResponse, summary="Few-shot classification")
 async def fewshot(
@@ -35,7 +35,8 @@ async def fewshot(
     threshold: Threshold = None,
 ) -> FewShotResponse:
     """Label each query with the class whose prototype (mean of its L2-normalised support
-    embeddings) is nearest by cosine similarity; below ``threshold`` the label is ``unknown``.
+    embeddings) is nearest by cosine similarity; below ``threshold`` the query is ``rejected`` and
+    labelled ``unknown`` (``rejected`` tells it apart from a support class named ``unknown``).
 
     Give either ``support`` files with ``support_labels`` (one per file, same order), or the
     ``support_set_id`` of a stored set.
@@ -57,11 +58,13 @@ async def fewshot(
         labels = check_labels(support_labels, support_uploads)
         embedding, _ = await service.infer([*support_uploads, *query_uploads])
         support_emb, query_emb = embedding[: len(support_uploads)], embedding[len(support_uploads) :]
-    predictions, scores, classes = classify(query_emb, support_emb, labels, threshold, unknown=UNKNOWN)
+    predictions, scores, classes = classify(query_emb, support_emb, labels)  # scores (Q, C)
+    rejects = rejected(scores.max(axis=1), threshold)  # (Q,)
     results = [
         FewShotResult(
             filename=u.filename,
-            label=str(predictions[i]),
+            label=UNKNOWN if rejects[i] else str(predictions[i]),
+            rejected=bool(rejects[i]),
             scores={str(c): float(scores[i, j]) for j, c in enumerate(classes)},
         )
         for i, u in enumerate(query_uploads)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter
 
 from clce_core.fewshot import l2_normalize
-from clce_core.metrics import softmax
+from serving.classification import OpenSetUnavailable, predict, resolve_threshold
 from serving.deps import ServiceDep
+from serving.errors import InvalidField
 from serving.schemas import (
     ERROR_RESPONSES,
     ClassifyResponse,
     ClassifyResult,
+    ClassifyThreshold,
     EmbedResponse,
     Images,
     LabelProbability,
@@ -22,22 +23,30 @@ router = APIRouter(tags=["inference"], responses=ERROR_RESPONSES)
 
 
 @router.post("/classify", response_model=ClassifyResponse, summary="Classify images with the trained head")
-async def classify(service: ServiceDep, images: Images, top_k: TopK = 5) -> ClassifyResponse:
-    """The ``top_k`` most probable classes of each image (softmax of the head's logits)."""
+async def classify(
+    service: ServiceDep, images: Images, top_k: TopK = 5, threshold: ClassifyThreshold = None
+) -> ClassifyResponse:
+    """The ``top_k`` most probable classes of each image (softmax of the head's logits), its best
+    cosine to the training-class prototypes (``similarity``) and, below ``threshold``, ``unknown``.
+    """
+    try:
+        applied = resolve_threshold(service.card, threshold)
+    except OpenSetUnavailable as e:
+        raise InvalidField(f"threshold: {e}") from None
     (uploads,) = await service.read_uploads([("images", images)])
-    _, logits = await service.infer(uploads)
-    probs = softmax(logits)  # (N, C)
-    k = min(top_k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]  # (N, k)
-    labels = service.card.labels
+    embedding, logits = await service.infer(uploads)
+    predictions = predict(service.card, embedding, logits, top_k, applied)
     results = [
         ClassifyResult(
             filename=u.filename,
-            top_k=[LabelProbability(label=labels[c], probability=float(probs[i, c])) for c in order[i]],
+            label=p.label,
+            rejected=p.rejected,
+            similarity=p.similarity,
+            top_k=[LabelProbability(label=label, probability=prob) for label, prob in p.top_k],
         )
-        for i, u in enumerate(uploads)
+        for u, p in zip(uploads, predictions, strict=True)
     ]
-    return ClassifyResponse(model=service.card.sha256, results=results)
+    return ClassifyResponse(model=service.card.sha256, threshold=applied, results=results)
 
 
 @router.post("/embed", response_model=EmbedResponse, summary="L2-normalised embeddings of images")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from serving.deps import ServiceDep
 from serving.schemas import (
@@ -16,6 +17,7 @@ from serving.schemas import (
     InfoResponse,
     LimitsInfo,
     LiveResponse,
+    OpenSetInfo,
     ReadyResponse,
 )
 
@@ -55,6 +57,11 @@ async def info(service: ServiceDep) -> InfoResponse:
             max_upload_bytes=settings.max_upload_bytes,
             max_image_pixels=settings.max_image_pixels,
         ),
+        open_set=OpenSetInfo(
+            prototypes=card.prototypes is not None,
+            calibrated_threshold=card.calibrated_threshold,
+            keep=(card.open_set or {}).get("keep"),
+        ),
     )
 
 
@@ -89,4 +96,5 @@ async def ready(request: Request) -> Response:
 @health_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics
-    return Response(registry.render(), media_type=registry.content_type)
+    body = await run_in_threadpool(registry.render)  # off the event loop: /health/* never waits on a scrape
+    return Response(body, media_type=registry.content_type)

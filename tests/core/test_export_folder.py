@@ -11,18 +11,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clce_core.export_folder import (
     CARD_FILE,
     ENCODER_FILE,
     HEAD_FILE,
+    PROTOTYPES_FILE,
     SCHEMA_VERSION,
     ExportFolderError,
     ModelCard,
     read_card,
     sha256_file,
     write_card,
+    write_prototypes,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,21 +104,78 @@ def test_an_older_card_gets_the_defaults_and_keeps_unknown_keys(tmp_path: Path) 
 
 
 def test_optional_files_are_listed_and_verified(tmp_path: Path) -> None:
-    folder = _folder(tmp_path, "prototypes.npy")
-    write_card(folder, _card(), extra_files=["prototypes.npy"])
+    folder = _folder(tmp_path, "notes.bin")
+    write_card(folder, _card(), extra_files=["notes.bin"])
     card = read_card(folder)
-    assert set(card.files) == {ENCODER_FILE, HEAD_FILE, "prototypes.npy"}
-    assert card.path("prototypes.npy") == folder / "prototypes.npy"
+    assert set(card.files) == {ENCODER_FILE, HEAD_FILE, "notes.bin"}
+    assert card.path("notes.bin") == folder / "notes.bin"
     with pytest.raises(ExportFolderError, match="lists no 'calibration.json'"):
         card.path("calibration.json")
-    (folder / "prototypes.npy").write_bytes(b"changed")
-    with pytest.raises(ExportFolderError, match="prototypes.npy has sha256 .* Refusing to start"):
+    (folder / "notes.bin").write_bytes(b"changed")
+    with pytest.raises(ExportFolderError, match="notes.bin has sha256 .* Refusing to start"):
         read_card(folder)
-    (folder / "prototypes.npy").unlink()
+    (folder / "notes.bin").unlink()
     with pytest.raises(
-        ExportFolderError, match="lists prototypes.npy under 'files' but the folder has no such file"
+        ExportFolderError, match="lists notes.bin under 'files' but the folder has no such file"
     ):
         read_card(folder)
+
+
+def test_prototypes_and_the_calibrated_threshold_round_trip(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    protos = np.eye(2, 4, dtype=np.float64)  # (C, D) = (2, 4); stored as float32
+    name = write_prototypes(folder, protos)
+    written = write_card(folder, _card(open_set={"threshold": 0.25, "keep": 0.95}), extra_files=[name])
+    card = read_card(folder)
+    assert name == PROTOTYPES_FILE and card.files[PROTOTYPES_FILE] == sha256_file(folder / PROTOTYPES_FILE)
+    assert card.prototypes is not None and card.prototypes.dtype == np.float32
+    np.testing.assert_array_equal(card.prototypes, protos)
+    np.testing.assert_array_equal(written.prototypes, protos)
+    assert card.calibrated_threshold == 0.25 and card.raw["open_set"] == {"threshold": 0.25, "keep": 0.95}
+    assert list(card.raw).index("open_set") < list(card.raw).index("files")
+
+    (tmp_path / "older").mkdir()
+    older = _folder(tmp_path / "older")  # no prototypes, no open_set: still a valid export
+    card = write_card(older, _card())
+    assert card.prototypes is None and card.calibrated_threshold is None and card.open_set is None
+    assert read_card(older).prototypes is None
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (
+            np.ones((3, 4), np.float32),
+            r"shape \(3, 4\), but model.json needs finite floats of shape \(2, 4\)",
+        ),
+        (np.ones((2, 5), np.float32), r"shape \(2, 5\)"),
+        (np.full((2, 4), np.nan, np.float32), "finite floats"),
+        (np.ones((2, 4), np.int64), "int64 array"),
+        (np.array([{"a": 1}, None], dtype=object), "not a .npy array of numbers"),
+        (b"not an npy file", "not a .npy array of numbers"),
+    ],
+)
+def test_unusable_prototypes_are_named(tmp_path: Path, content: object, words: str) -> None:
+    folder = _folder(tmp_path)
+    if isinstance(content, bytes):
+        (folder / PROTOTYPES_FILE).write_bytes(content)
+    else:
+        np.save(folder / PROTOTYPES_FILE, content, allow_pickle=True)
+    with pytest.raises(ExportFolderError, match=words) as caught:
+        write_card(folder, _card(), extra_files=[PROTOTYPES_FILE])
+    assert "allow_pickle" not in str(caught.value) and "re-export the model" in str(caught.value)
+    with pytest.raises(ExportFolderError, match=words):
+        read_card(folder)
+
+
+def test_open_set_needs_its_prototypes_and_a_cosine(tmp_path: Path) -> None:
+    folder = _folder(tmp_path)
+    with pytest.raises(ExportFolderError, match="has 'open_set' but lists no prototypes.npy"):
+        write_card(folder, _card(open_set={"threshold": 0.5}))
+    for bad in (1.5, -2, "high", True, float("nan")):
+        with pytest.raises(ExportFolderError, match=r"open_set.threshold must be a cosine in \[-1, 1\]"):
+            _card(open_set={"threshold": bad})
+    assert _card(open_set={"threshold": None}).calibrated_threshold is None
 
 
 @pytest.mark.parametrize("name", ["../outside.npy", "sub/x.npy", ".hidden"])

@@ -2,7 +2,8 @@
 
 The server's ``/classify``, ``/embed`` and ``/fewshot`` answers on the image files must be PyTorch's
 on the same files (``model_from_checkpoint`` + timm's eval transform): the same top-1, probabilities
-within 1e-4, embedding cosine >= 0.9999, few-shot cosine scores within 1e-4. Nothing in between is
+within 1e-4, embedding cosine >= 0.9999, few-shot cosine scores within 1e-4, and ``/classify``'s
+open-set ``similarity`` PyTorch's best cosine to the training split's class prototypes within 1e-4. Nothing in between is
 a stand-in: a real checkpoint, the exporter as a subprocess, the app with its lifespan running.
 """
 
@@ -126,17 +127,20 @@ def test_served_answers_are_pytorchs(exported: dict[str, Any], tmp_path: Path) -
         async with running(create_app(settings)) as client:
             top_k = {"top_k": len(classes)}
             classify = await client.post("/classify", params=top_k, files=upload("images", query_paths))
+            calibrated = await client.post(
+                "/classify", params={"threshold": "calibrated"}, files=upload("images", query_paths)
+            )
             embed = await client.post("/embed", files=upload("images", query_paths))
             fewshot = await client.post(
                 "/fewshot",
                 files=[*upload("support", support_paths), *upload("queries", query_paths)],
                 data={"support_labels": support_labels},
             )
-        for r in (classify, embed, fewshot):
+        for r in (classify, embed, fewshot, calibrated):
             assert r.status_code == 200, r.text
-        return classify.json(), embed.json(), fewshot.json()
+        return classify.json(), embed.json(), fewshot.json(), calibrated.json()
 
-    classify, embed, fewshot = asyncio.run(ask())
+    classify, embed, fewshot, calibrated = asyncio.run(ask())
     assert classify["model"] == embed["model"] == fewshot["model"] == card.sha256
 
     # /classify: every class's probability within 1e-4, the same top-1
@@ -163,3 +167,17 @@ def test_served_answers_are_pytorchs(exported: dict[str, Any], tmp_path: Path) -
     got = np.array([[r["scores"][c] for c in fewshot["classes"]] for r in fewshot["results"]])
     np.testing.assert_allclose(got, scores, atol=1e-4)
     _same_top1([r["label"] for r in fewshot["results"]], scores, fewshot["classes"])
+
+    # /classify open set: similarity = best cosine to the training split's class prototypes (PyTorch)
+    train_paths = exported["images"]["train"]
+    train_emb = F.normalize(torch.from_numpy(_torch_reference(exported["checkpoint"], train_paths)[0]), dim=1)
+    train_labels = [p.parent.name for p in train_paths]
+    train_protos = F.normalize(
+        torch.stack([train_emb[[lab == c for lab in train_labels]].mean(0) for c in classes]), dim=1
+    )
+    expected = (F.normalize(torch.from_numpy(query_emb), dim=1) @ train_protos.T).max(1).values.numpy()
+    np.testing.assert_allclose([r["similarity"] for r in classify["results"]], expected, atol=1e-4)
+    assert calibrated["threshold"] == card.calibrated_threshold is not None
+    for r in calibrated["results"]:
+        assert r["rejected"] == (r["similarity"] < calibrated["threshold"])
+        assert r["label"] == ("unknown" if r["rejected"] else r["top_k"][0]["label"])

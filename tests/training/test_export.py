@@ -22,7 +22,7 @@ CONTRACT_KEYS = [  # CONTRACTS "Export folder", in its order
     "schema_version", "model_name", "labels", "embedding_dim", "input_size", "interpolation", "crop_pct",
     "mean", "std", "loss", "metrics", "opset", "versions", "files", "created",
 ]  # fmt: skip
-EXTRA_KEYS = ["crop_mode", "precision", "parity"]
+EXTRA_KEYS = ["crop_mode", "precision", "open_set", "parity"]
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (128, 128, 128)}
 
 
@@ -40,10 +40,10 @@ def _image_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """best.pt of a one-step run of a tiny EfficientNet and a tiny ViT at 32 px."""
+    """best.pt of a one-step run of a tiny EfficientNet and a tiny ViT at 32 px (and ``data``: the images)."""
     root = tmp_path_factory.mktemp("export")
     data = _image_folder(root / "colours")
-    out = {}
+    out = {"data": data}
     for model in ("test_efficientnet", "test_vit"):
         run = root / model
         args = [
@@ -77,7 +77,12 @@ def test_export_folder_and_parity(model: str, checkpoints: dict[str, Path], tmp_
     out = tmp_path / "models" / model
     assert export.main(["--checkpoint", str(checkpoints[model]), "--output", str(out)]) == 0
     assert "parity" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["encoder.onnx", "head.onnx", "model.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "encoder.onnx",
+        "head.onnx",
+        "model.json",
+        "prototypes.npy",
+    ]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
     card = json.loads((out / "model.json").read_text())
     assert [k for k in card if k in CONTRACT_KEYS] == CONTRACT_KEYS  # in the contract's order
@@ -89,7 +94,7 @@ def test_export_folder_and_parity(model: str, checkpoints: dict[str, Path], tmp_
     assert card["loss"] == {"name": "clce", "lam": state["config"]["lam"], "tau": state["config"]["tau"]}
     assert card["metrics"]["val_top1"] == state["metrics"]["val_top1"] and "test_top1" in card["metrics"]
     assert set(card["versions"]) == {"torch", "timm", "onnx"} and card["created"].endswith("Z")
-    for name in ("encoder.onnx", "head.onnx"):
+    for name in ("encoder.onnx", "head.onnx", "prototypes.npy"):
         assert card["files"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
 
     # graph signatures: float32, only the batch axis dynamic
@@ -123,6 +128,71 @@ def test_export_folder_and_parity(model: str, checkpoints: dict[str, Path], tmp_
         assert cos.min() >= TOLERANCES["fp32"].embedding_cos
     assert card["parity"]["batch_sizes"] == [1, 7] and card["parity"]["top1_mismatches"] == 0
     assert card["parity"]["logits_max_abs_diff"] <= card["parity"]["logits_limit"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["test_efficientnet", "test_vit"])
+def test_open_set_prototypes_and_calibration(
+    model: str, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """prototypes.npy is PyTorch's class means on the training split; the threshold keeps 95% of val."""
+    out = tmp_path / "open-set"
+    assert export.main(["--checkpoint", str(checkpoints[model]), "--output", str(out)]) == 0
+    card = json.loads((out / "model.json").read_text())
+    torch_model, state = model_from_checkpoint(checkpoints[model])
+    tf = eval_transform(card)
+
+    def unit_embeddings(split: str, name: str) -> torch.Tensor:
+        paths = sorted((checkpoints["data"] / split / name).glob("*.png"))
+        x = torch.stack([tf(Image.open(p).convert("RGB")) for p in paths])
+        with torch.no_grad():
+            return torch.nn.functional.normalize(torch_model(x)[0].double(), dim=1)
+
+    expected = torch.stack(
+        [torch.nn.functional.normalize(unit_embeddings("train", c).mean(0), dim=0) for c in state["classes"]]
+    )
+    protos = np.load(out / "prototypes.npy")
+    assert protos.shape == (len(state["classes"]), torch_model.embedding_dim) and protos.dtype == np.float32
+    assert (torch.from_numpy(protos).double() * expected).sum(1).min() >= 0.9999  # cosine, row by row
+
+    val = torch.cat([unit_embeddings("val", c) for c in state["classes"]])  # 8 images
+    similarity = (val @ expected.T).max(1).values.numpy()
+    open_set = card["open_set"]
+    assert open_set["prototype_images"] == 16 and open_set["calibration_images"] == 8
+    assert open_set["keep"] == 0.95 and open_set["val_rejected"] == 0  # ceil(0.95 * 8) = 8: keep all
+    assert open_set["threshold"] == pytest.approx(similarity.min(), abs=1e-4)
+    assert open_set["check_images"] == 7 and 0 <= open_set["check_images_rejected"] <= 7
+
+    if model != "test_efficientnet":
+        return
+    half = tmp_path / "half"
+    args = ["--checkpoint", str(checkpoints[model]), "--output", str(half), "--open-set-keep", "0.5"]
+    assert export.main(args) == 0
+    open_set = json.loads((half / "model.json").read_text())["open_set"]
+    assert open_set["val_rejected"] == 4 and open_set["threshold"] == pytest.approx(
+        np.sort(similarity)[4], abs=1e-4
+    )
+
+
+@pytest.mark.slow
+def test_open_set_can_be_left_out_and_needs_the_data(
+    checkpoints: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    ckpt = ["--checkpoint", str(checkpoints["test_efficientnet"])]
+    assert export.main([*ckpt, "--output", str(tmp_path / "plain"), "--no-open-set"]) == 0
+    assert "open set: no prototypes" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == [
+        "encoder.onnx",
+        "head.onnx",
+        "model.json",
+    ]
+    assert json.loads((tmp_path / "plain" / "model.json").read_text())["open_set"] is None
+
+    assert export.main([*ckpt, "--output", str(tmp_path / "a"), "--data-dir", str(tmp_path / "gone")]) == 2
+    assert "does not exist" in _one_error_line(capsys)
+    assert export.main([*ckpt, "--output", str(tmp_path / "b"), "--open-set-keep", "0"]) == 2
+    assert "--open-set-keep is a fraction in (0, 1]" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
 
 
 @pytest.mark.parametrize("model", ["test_efficientnet", "test_vit"])
