@@ -40,5 +40,5 @@ def test_smoke_refuses_a_missing_export(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_make_target_runs_the_smoke_script() -> None:
-    out = subprocess.run(["make", "-n", "docker-smoke"], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run(["make", "--no-print-directory", "-n", "docker-smoke"], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "docker/smoke.sh"
