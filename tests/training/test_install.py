@@ -29,8 +29,8 @@ def test_building_prints_no_deprecation_warning(tmp_path: Path) -> None:
     for package in ("clce_core", "training", "serving"):
         (src / package).mkdir()
         (src / package / "__init__.py").write_text("")
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w", str(tmp_path)]
-    done = subprocess.run([*cmd, str(src)], capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v"]
+    done = subprocess.run([*cmd, "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     output = done.stdout + done.stderr
     assert "BuildBackendWarning" not in output and "deprecated" not in output.lower(), output[-3000:]
