@@ -1,4 +1,5 @@
-"""Fault injection for the kill tests: ``CLCE_KILL_AT=POINT`` SIGKILLs the process when it reaches POINT.
+"""Fault injection for the kill tests: ``CLCE_KILL_AT=POINT`` SIGKILLs the process when it reaches POINT
+(``CLCE_KILL_SIGNAL=INT`` sends SIGINT instead: Ctrl-C at that instant).
 
 A fine-tuning run passes these points, in this order for each epoch E (``tests/training/test_kills.py``
 kills a real run at every one of them and resumes it):
@@ -20,13 +21,15 @@ from __future__ import annotations
 import os
 import signal
 
-__all__ = ["KILL_ENV", "kill_point"]
+__all__ = ["KILL_ENV", "SIGNAL_ENV", "kill_point"]
 
 KILL_ENV = "CLCE_KILL_AT"
+SIGNAL_ENV = "CLCE_KILL_SIGNAL"
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process (no cleanup, no ``finally``) when ``name`` is listed in ``$CLCE_KILL_AT``."""
+    """Signal this process when ``name`` is listed in ``$CLCE_KILL_AT``: SIGKILL (no cleanup, no
+    ``finally``), or the signal ``$CLCE_KILL_SIGNAL`` names (``INT``, ``TERM``)."""
     wanted = os.environ.get(KILL_ENV)
     if wanted and name in wanted.split(","):
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get(SIGNAL_ENV, 'KILL')}"))
