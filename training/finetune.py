@@ -34,16 +34,7 @@ import torch
 from clce_core.losses import create_loss
 from clce_core.models import ClassifierModel, WeightsError, create_model, model_data_config
 from training import distributed
-from training.checkpoint import (
-    CheckpointError,
-    Progress,
-    eval_module,
-    load_checkpoint,
-    model_for_checkpoint,
-    restore_training_state,
-    save_checkpoint,
-    training_state,
-)
+from training.checkpoint import CheckpointError, load_checkpoint, model_for_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig, add_arguments, config_from_args, save_yaml
 from training.datasets import DatasetError, list_datasets
 from training.device import resolve_device
@@ -53,6 +44,7 @@ from training.loaders import build_loaders, build_splits
 from training.optim import build_optimizer, build_scheduler
 from training.resume import resume_config
 from training.run_folder import append_metrics, check_output, set_aside, tidy
+from training.run_state import Progress, eval_module, restore_training_state, training_state
 from training.seeding import rank_epoch_seed, seed_everything
 
 log = logging.getLogger("clce.finetune")
@@ -122,7 +114,7 @@ class Run:
         return eval_module(self.ctx)
 
     def state(self) -> dict[str, Any]:
-        """The checkpoint of the run as it stands (see :func:`training.checkpoint.training_state`)."""
+        """The checkpoint of the run as it stands (see :func:`training.run_state.training_state`)."""
         return training_state(self.ctx, self.cfg, self.data.classes, self.data_config, self.progress)
 
     # ------------------------------------------------------------------ the loop
