@@ -11,7 +11,7 @@ import torch
 
 from clce_core.losses import create_loss, list_losses
 from tests.training.kit import CLASSES, image_folder, run_args
-from training import finetune
+from training import engine, finetune
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import RunConfig
 
@@ -75,6 +75,33 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
     a = load_checkpoint(straight / "last.pt")
     b = load_checkpoint(broken / "last.pt")
     assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
+def test_ctrl_c_inside_an_epoch_resumes_exactly(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at the 2nd step of epoch 2 keeps last.pt at epoch 1 (it used to save the half-trained
+    weights as epoch 1, and the resumed run drifted from the uninterrupted one)."""
+    straight = tmp_path / "straight"
+    assert finetune.main(run_args(data_dir, straight)) == 0
+    steps = {"n": 0}
+    original = engine.train_step
+
+    def interrupt_at_step_6(*args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 6:  # 4 steps per epoch
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    broken = tmp_path / "broken"
+    monkeypatch.setattr(engine, "train_step", interrupt_at_step_6)
+    assert finetune.main(run_args(data_dir, broken)) == 130
+    assert load_checkpoint(broken / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(engine, "train_step", original)
+    assert finetune.main(["--resume", str(broken / "last.pt"), "--workers", "0"]) == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(broken / "last.pt")
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
 
