@@ -197,13 +197,20 @@ def _eligible(
     sizes = np.array([len(m) for m in members], dtype=np.int64)
     eligible = np.flatnonzero(sizes >= need)
     if len(eligible) < n_way:
+        need_text = (
+            f"{n_way}-way episodes need {n_way} classes with at least {need} images each "
+            f"({k_shot}-shot + {n_query} queries)"
+        )
         short = [c for c in range(len(classes)) if sizes[c] < need]
+        if not short:
+            raise ValueError(
+                f"{need_text}, but there are only {len(classes)} classes; use at most {len(classes)} ways"
+            )
         listed = ", ".join(f"class {classes[c]!r} has {sizes[c]}" for c in short[:10])
         more = f" and {len(short) - 10} more" if len(short) > 10 else ""
         raise ValueError(
-            f"{n_way}-way episodes need {n_way} classes with at least {need} images each "
-            f"({k_shot}-shot + {n_query} queries), but only {len(eligible)} of {len(classes)} classes "
-            f"have that many; short: {listed}{more}. Lower n_way, k_shot or n_query, or add images."
+            f"{need_text}, but only {len(eligible)} of {len(classes)} classes have that many "
+            f"(short: {listed}{more}); use fewer ways, shots or queries, or add images"
         )
     return eligible
 

@@ -18,37 +18,38 @@ A checkpoint is a ``torch.save`` dict of tensors and plain Python values only, s
     best_val_top1   best validation top-1 so far
     model_name, embedding_dim   the timm name and D, for readers that do not rebuild the model
     versions        torch, timm, clce
+    best_epoch      the epoch ``best.pt`` holds (0: none yet)
+    digest          "sha256:<hex>" of everything above (:func:`payload_digest`), checked on every load
 
-:func:`training_state` builds that dict from a run's step context and :class:`Progress`;
-:func:`restore_training_state` puts it back (weights, optimizer, schedule, scaler, EMA, generators)
-and returns the :class:`Progress`, so ``--resume`` continues bit for bit.
+A checkpoint whose contents no longer match its digest (a flipped bit on disk, a bad copy) is refused
+with one line; one written before digests existed still loads, with a warning.
+
+What goes into a run's checkpoint and how ``--resume`` puts it back: :mod:`training.run_state`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
-import pickle
-import random
 import tempfile
-import zipfile
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
 from clce_core.models import ClassifierModel
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from training.config import RunConfig
-    from training.engine import StepContext
+from training.faults import kill_point
 
 FORMAT = "clce-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("model", "config", "classes", "data_config", "epoch")
+DIGEST_KEY = "digest"
+
+log = logging.getLogger("clce.checkpoint")
 
 
 class CheckpointError(RuntimeError):
@@ -56,41 +57,94 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then a rename.
+    """Write ``state`` and its digest to ``path`` atomically: a temporary file in the same folder,
+    flushed to disk, then a rename (and the folder's entry flushed too).
 
-    A crash or Ctrl-C during the write leaves the previous file intact.
+    A kill at any instant leaves either the previous file or the new one, never a mixture; a kill
+    before the rename leaves an orphaned ``.NAME.*.tmp`` that :func:`training.run_folder.tidy` removes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": FORMAT_VERSION, **state}
+    payload = {k: v for k, v in state.items() if k not in ("format", "version", DIGEST_KEY)}
+    state = {"format": FORMAT, "version": FORMAT_VERSION, **payload}
+    state[DIGEST_KEY] = payload_digest(state)
+    point = f"{path.name}@{state.get('epoch')}"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        kill_point(f"{point}:written")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
+    kill_point(f"{point}:replaced")
+
+
+def fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (a rename) to disk, where the platform allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems do not sync folders; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def payload_digest(state: dict[str, Any]) -> str:
+    """``"sha256:<hex>"`` of a checkpoint's contents: every key but the digest, tensors by dtype,
+    shape and bytes (row-major, whatever the memory layout), other values by type and ``repr``."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != DIGEST_KEY})
+    return f"sha256:{h.hexdigest()}"
+
+
+def _feed(h: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        h.update(f"D{len(value)}".encode())
+        for k, v in value.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(value, list | tuple):
+        h.update(f"L{len(value)}".encode())
+        for v in value:
+            _feed(h, v)
+    else:
+        text = repr(value).encode()
+        h.update(f"V{type(value).__name__}{len(text)}:".encode() + text)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
+    Only tensors and plain values are read (``weights_only=True``): no code in a file ever runs.
+
     Raises:
         CheckpointError: the file is missing, truncated or corrupt, not a CLCE checkpoint, from a
-            newer format, or lacks a required key.
+            newer format, lacks a required key, or its contents do not match its digest.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch.load of a foreign file raises anything from KeyError to RuntimeError
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a PyTorch file ({reason[:200]})"
+            f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({_load_failure(e)}); "
+            "pass a best.pt or last.pt written by python -m training.finetune"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
@@ -105,7 +159,58 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}")
+    _verify_digest(state, path)
     return state
+
+
+def _load_failure(e: Exception) -> str:
+    """Why ``torch.load`` refused a file, in one short clause (never PyTorch's advice to unpickle it)."""
+    text = str(e).strip()
+    if "Weights only load failed" in text:
+        return "it holds pickled Python objects, which are never loaded: no code from a file is run"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
+def _verify_digest(state: dict[str, Any], path: Path) -> None:
+    stored = state.get(DIGEST_KEY)
+    if stored is None:
+        log.warning(
+            "checkpoint %s has no digest (written by an older clce): its contents are not verified", path
+        )
+        return
+    if stored != payload_digest(state):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its contents do not match the digest stored when it was "
+            "written (bits changed on disk, or an incomplete copy); use another copy of it, or "
+            "last.pt / best.pt of the same run"
+        )
+
+
+@contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Hold back a logger's INFO lines for a moment."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def model_for_checkpoint(
+    model_name: str, num_classes: int, img_size: int | None, source: str | Path
+) -> ClassifierModel:
+    """The architecture a checkpoint's weights are loaded into next; ``model.weights`` names the
+    checkpoint (not "random": create_model's log line would say so, and is held back).
+    """
+    from clce_core.models import create_model
+
+    with _quiet("clce_core.models"):
+        model = create_model(model_name, num_classes, "none", img_size=img_size)
+    model.weights = f"checkpoint:{source}"
+    return model
 
 
 def model_from_checkpoint(
@@ -119,11 +224,9 @@ def model_from_checkpoint(
     Raises:
         CheckpointError: unreadable checkpoint, or weights that do not fit the model it names.
     """
-    from clce_core.models import create_model
-
     state = load_checkpoint(path, map_location)
     cfg = state["config"]
-    model = create_model(cfg["model"], len(state["classes"]), "none", img_size=cfg.get("img_size"))
+    model = model_for_checkpoint(cfg["model"], len(state["classes"]), cfg.get("img_size"), path)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -131,123 +234,8 @@ def model_from_checkpoint(
         raise CheckpointError(
             f"checkpoint {path}: weights do not fit {cfg['model']} ({first[:200]})"
         ) from None
+    log.info(
+        "loaded %s from %s (epoch %d, D=%d, C=%d)",
+        cfg["model"], path, state["epoch"], model.embedding_dim, len(state["classes"]),
+    )  # fmt: skip
     return model.eval(), state
-
-
-@dataclass
-class Progress:
-    """How far a run has come; saved in every checkpoint and restored on ``--resume``."""
-
-    epoch: int = 0  # completed epochs
-    global_step: int = 0  # optimizer steps taken
-    best_val_top1: float = -1.0  # best validation top-1 so far (percent; -1: none yet)
-    metrics: dict[str, float] = field(default_factory=dict)  # the last completed epoch's metrics.jsonl line
-
-
-def eval_module(ctx: StepContext) -> nn.Module:
-    """The weights a run evaluates and saves as ``model``: the EMA copy when EMA is on, else the model."""
-    return ctx.ema.module if ctx.ema is not None else ctx.module
-
-
-def training_state(
-    ctx: StepContext, cfg: RunConfig, classes: list[str], data_config: dict[str, Any], progress: Progress
-) -> dict[str, Any]:
-    """Everything a resume, an evaluation or an export needs, as :func:`save_checkpoint` writes it.
-
-    Args:
-        ctx: the run's step context (model, EMA, optimizer, scheduler, scaler).
-        cfg: the resolved run config.
-        classes: class names in label order.
-        data_config: the eval preprocessing (timm's data config; tuples are stored as lists).
-        progress: epochs, steps and metrics so far.
-    """
-    import timm
-
-    import clce_core
-
-    model = ctx.module
-    state = {
-        "model": eval_module(ctx).state_dict(),
-        "optimizer": ctx.optimizer.state_dict(),
-        "scheduler": ctx.scheduler.state_dict(),
-        "epoch": progress.epoch,
-        "global_step": progress.global_step,
-        "rng": rng_state(),
-        "config": cfg.to_dict(),
-        "classes": list(classes),
-        "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
-        "model_name": cfg.model,
-        "embedding_dim": model.embedding_dim,
-        "metrics": dict(progress.metrics),
-        "best_val_top1": progress.best_val_top1,
-        "versions": {
-            "torch": str(torch.__version__),
-            "timm": timm.__version__,
-            "clce": clce_core.__version__,
-        },
-    }
-    if ctx.ema is not None:
-        state["raw_model"] = model.state_dict()
-    if ctx.scaler is not None:
-        state["scaler"] = ctx.scaler.state_dict()
-    return state
-
-
-def restore_training_state(state: dict[str, Any], ctx: StepContext) -> Progress:
-    """Load a :func:`training_state` dict into a freshly built run; returns its :class:`Progress`.
-
-    The random generators are restored last, so the next draw is the one the saved run would have made.
-
-    Raises:
-        CheckpointError: the weights or optimizer state do not fit this run (another model or loss).
-    """
-    try:
-        ctx.module.load_state_dict(state["raw_model"] if "raw_model" in state else state["model"])
-        if ctx.ema is not None:
-            ctx.ema.module.load_state_dict(state["model"])
-        ctx.optimizer.load_state_dict(state["optimizer"])
-        ctx.scheduler.load_state_dict(state["scheduler"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"the checkpoint does not fit this run ({first[:200]})") from None
-    if ctx.scaler is not None and "scaler" in state:
-        ctx.scaler.load_state_dict(state["scaler"])
-    progress = Progress(
-        epoch=int(state["epoch"]),
-        global_step=int(state.get("global_step", 0)),
-        best_val_top1=float(state.get("best_val_top1", -1.0)),
-        metrics=dict(state.get("metrics", {})),
-    )
-    set_rng_state(state["rng"])
-    return progress
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator a run draws from, as tensors and plain values."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": _to_plain(random.getstate()),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    random.setstate(_to_tuple(state["python"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _to_plain(value: Any) -> Any:
-    return [_to_plain(v) for v in value] if isinstance(value, tuple | list) else value
-
-
-def _to_tuple(value: Any) -> Any:
-    return tuple(_to_tuple(v) for v in value) if isinstance(value, list) else value

@@ -102,6 +102,9 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, low in lows.items():
         if getattr(args, flag) < low:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least {low}, got {getattr(args, flag)}")
+    for flag, low in (("ways", 2), ("shots", 1)):
+        if min(getattr(args, flag)) < low:
+            raise ValueError(f"--{flag} must be at least {low}, got {min(getattr(args, flag))}")
     if args.base_data_dir and args.classifier != "simpleshot":
         raise ValueError("--base-data-dir applies to --classifier simpleshot")
     if args.classifier == "simpleshot" and not (args.base_data_dir or args.dataset):

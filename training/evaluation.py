@@ -106,10 +106,14 @@ def logreg_classifier(c: float = 1.0, max_iter: int = 1000) -> EpisodeClassifier
 def check_episodes(
     labels: np.ndarray, classes: list[str], settings: list[tuple[int, int]], queries: int
 ) -> None:
-    """Fail before embedding when a setting cannot be drawn (clce_core's message names the classes)."""
+    """Fail before embedding when a setting cannot be drawn (clce_core's message names the classes;
+    the flags that set it lead)."""
     named = np.asarray(classes, dtype=object)[labels]
     for ways, shots in settings:
-        sample_episode(named, ways, shots, queries, np.random.default_rng(0))
+        try:
+            sample_episode(named, ways, shots, queries, np.random.default_rng(0))
+        except ValueError as e:
+            raise ValueError(f"--ways {ways} --shots {shots} --queries {queries}: {e}") from None
 
 
 def run_fewshot(

@@ -1,6 +1,6 @@
 """Seeding every generator a run draws from (Python, numpy, torch), once per run and per DDP epoch.
 
-The generators' states themselves travel in checkpoints (:func:`training.checkpoint.rng_state`).
+The generators' states themselves travel in checkpoints (:func:`training.run_state.rng_state`).
 """
 
 from __future__ import annotations

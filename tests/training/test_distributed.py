@@ -18,14 +18,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from clce_core.losses import create_loss, list_losses
+from tests.training.kit import image_folder, run_args
 from training import finetune
 from training.checkpoint import load_checkpoint
 from training.config import ConfigError, RunConfig
 from training.distributed import DistInfo, gather_rows
 from training.engine import StepContext, train_step
 from training.loaders import build_loaders
-
-from .test_finetune import _args, _image_folder
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -199,9 +198,9 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_processes_then_resume_in_one(tmp_path: Path) -> None:
-    data_dir = _image_folder(tmp_path / "colours", {"train": 8, "val": 3, "test": 3})
+    data_dir = image_folder(tmp_path / "colours", {"train": 8, "val": 3, "test": 3})
     out = tmp_path / "run"
-    args = _args(data_dir, out, "--chunk-size", "6", "--max-steps-per-epoch", "2")
+    args = run_args(data_dir, out, "--chunk-size", "6", "--max-steps-per-epoch", "2")
     args[args.index("--epochs") + 1] = "1"
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -206,6 +209,11 @@ def test_npz_dump_and_tsne_subsample(tmp_path: Path) -> None:
         ("report-class", "--report-classes: nope"),
         ("img-size", "--img-size"),
         ("device", "--device 'gpu0' is not a device"),
+        ("no-data-dir", "does not exist"),
+        ("pickle", "holds pickled Python objects, which are never loaded"),
+        ("text", "corrupt or not a PyTorch checkpoint"),
+        ("ways", "--ways 200 --shots 1 --queries 2: 200-way episodes need 200 classes"),
+        ("one-way", "--ways must be at least 2, got 1"),
     ],
 )
 def test_bad_input_gives_one_line_error(
@@ -226,12 +234,35 @@ def test_bad_input_gives_one_line_error(
         extra += ["--report", str(tmp_path / "r"), "--report-classes", "nope"]
     elif case == "device":
         extra += ["--device", "gpu0"]
+    elif case == "no-data-dir":
+        data = str(tmp_path / "no-such-folder")
+    elif case == "pickle":  # any pickle: torch.load's refusal advises the unsafe weights_only=False
+        (tmp_path / "model.pkl").write_bytes(pickle.dumps(collections.OrderedDict(w=[1.0])))
+        ckpt = str(tmp_path / "model.pkl")
+    elif case == "text":  # torch.load raised a bare KeyError here (a traceback)
+        (tmp_path / "notes.pt").write_text("hello\n")
+        ckpt = str(tmp_path / "notes.pt")
+    elif case in ("ways", "one-way"):
+        extra[extra.index("--ways") + 1] = "200" if case == "ways" else "1"
     else:
         extra += ["--img-size", "64"]
     assert evaluate.main(["--checkpoint", ckpt, "--data-dir", data, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "Traceback" not in err
     assert message in err
+    assert "weights_only" not in err and "n_way" not in err and "k_shot" not in err and "short: ." not in err
+    if case == "no-data-dir":
+        assert "not a folder of class folders" not in err
+
+
+def test_a_checkpoint_is_not_reported_as_random_weights(
+    checkpoints: dict[str, Path], class_dir: Path, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    args = ["--checkpoint", str(checkpoints["ce"]), "--data-dir", str(class_dir), *_episodes()]
+    assert evaluate.main(args) == 0
+    assert "weights: random" not in caplog.text
+    assert f"loaded test_efficientnet from {checkpoints['ce']} (epoch 1, D=" in caplog.text
 
 
 @pytest.mark.skipif(not GLYPHS.is_dir(), reason="shared/data/glyphs64 is not present")

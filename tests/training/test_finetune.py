@@ -8,46 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from clce_core.losses import create_loss, list_losses
-from training import finetune
+from tests.training.kit import CLASSES, image_folder, run_args
+from training import engine, finetune
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.config import RunConfig
-
-CLASSES = ["red", "green", "blue", "grey"]
-COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (128, 128, 128)}
-
-
-def _image_folder(root: Path, per_split: dict[str, int]) -> Path:
-    """Class folders of 40×40 noisy colour squares: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    for split, n in per_split.items():
-        for name in CLASSES:
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 25, (40, 40, 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _image_folder(tmp_path_factory.mktemp("colours"), {"train": 8, "val": 3, "test": 3})
-
-
-def _args(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "--dataset", "imagefolder", "--data-dir", str(data_dir), "--model", "test_efficientnet",
-        "--pretrained", "none", "--img-size", "32", "--batch-size", "8", "--per-class", "2",
-        "--epochs", "2", "--workers", "0", "--lr", "1e-3", "--output", str(out), *extra,
-    ]  # fmt: skip
+    return image_folder(tmp_path_factory.mktemp("colours"), {"train": 8, "val": 3, "test": 3})
 
 
 def test_run_writes_the_contracted_outputs(data_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert finetune.main(_args(data_dir, out)) == 0
+    assert finetune.main(run_args(data_dir, out)) == 0
     assert {"config.yaml", "metrics.jsonl", "best.pt", "last.pt"} <= {p.name for p in out.iterdir()}
     assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -80,7 +56,7 @@ def test_run_writes_the_contracted_outputs(data_dir: Path, tmp_path: Path, capsy
 def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 epochs in one go == 1 epoch, Ctrl-C, --resume for the second: the same weights."""
     straight = tmp_path / "straight"
-    assert finetune.main(_args(data_dir, straight)) == 0
+    assert finetune.main(run_args(data_dir, straight)) == 0
 
     original = finetune.Run._one_epoch
 
@@ -91,7 +67,7 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
 
     broken = tmp_path / "broken"
     monkeypatch.setattr(finetune.Run, "_one_epoch", interrupt_after_first)
-    assert finetune.main(_args(data_dir, broken)) == 130
+    assert finetune.main(run_args(data_dir, broken)) == 130
     assert load_checkpoint(broken / "last.pt")["epoch"] == 1
     monkeypatch.setattr(finetune.Run, "_one_epoch", original)
     assert finetune.main(["--resume", str(broken / "last.pt"), "--workers", "0"]) == 0
@@ -103,10 +79,37 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
 
 
+def test_ctrl_c_inside_an_epoch_resumes_exactly(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at the 2nd step of epoch 2 keeps last.pt at epoch 1 (it used to save the half-trained
+    weights as epoch 1, and the resumed run drifted from the uninterrupted one)."""
+    straight = tmp_path / "straight"
+    assert finetune.main(run_args(data_dir, straight)) == 0
+    steps = {"n": 0}
+    original = engine.train_step
+
+    def interrupt_at_step_6(*args, **kwargs):
+        steps["n"] += 1
+        if steps["n"] == 6:  # 4 steps per epoch
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    broken = tmp_path / "broken"
+    monkeypatch.setattr(engine, "train_step", interrupt_at_step_6)
+    assert finetune.main(run_args(data_dir, broken)) == 130
+    assert load_checkpoint(broken / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(engine, "train_step", original)
+    assert finetune.main(["--resume", str(broken / "last.pt"), "--workers", "0"]) == 0
+    a, b = load_checkpoint(straight / "last.pt"), load_checkpoint(broken / "last.pt")
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
+
+
 @pytest.mark.parametrize("loss", list_losses())
 def test_every_loss_trains(loss: str, data_dir: Path, tmp_path: Path) -> None:
     per_class = "0" if loss == "ce" else "2"
-    args = _args(data_dir, tmp_path / loss, "--loss", loss, "--epochs", "1", "--max-steps-per-epoch", "2")
+    args = run_args(data_dir, tmp_path / loss, "--loss", loss, "--epochs", "1", "--max-steps-per-epoch", "2")
     args[args.index("--per-class") + 1] = per_class
     assert finetune.main(args) == 0
     first = json.loads((tmp_path / loss / "metrics.jsonl").read_text().splitlines()[0])
@@ -151,7 +154,7 @@ def test_yaml_config_with_flag_override(data_dir: Path, tmp_path: Path) -> None:
     ],
 )
 def test_bad_options_give_one_line_errors(extra, message, data_dir: Path, tmp_path: Path, capsys) -> None:
-    args = _args(data_dir, tmp_path / "run")
+    args = run_args(data_dir, tmp_path / "run")
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
         if flag in args:
             args[args.index(flag) + 1] = value
@@ -181,7 +184,7 @@ def test_resume_refuses_a_corrupt_or_foreign_checkpoint(data_dir: Path, tmp_path
 
 def test_resume_refuses_changed_maths(data_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert finetune.main(_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 0
+    assert finetune.main(run_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 0
     capsys.readouterr()
     assert finetune.main(["--resume", str(out / "last.pt"), "--loss", "ce"]) == 2
     assert "cannot change --loss when resuming" in capsys.readouterr().err
@@ -200,7 +203,7 @@ def test_ema_and_sgd_options(data_dir: Path, tmp_path: Path) -> None:
         "--max-steps-per-epoch",
         "2",
     )
-    assert finetune.main(_args(data_dir, out, *extra)) == 0
+    assert finetune.main(run_args(data_dir, out, *extra)) == 0
     state = load_checkpoint(out / "last.pt")
     assert "raw_model" in state  # the EMA weights are `model`, the trained ones `raw_model`
     differs = [not torch.equal(state["model"][k], state["raw_model"][k]) for k in state["model"]]
@@ -214,7 +217,7 @@ def test_chunk_size_matches_the_one_pass_run(data_dir: Path, tmp_path: Path) -> 
     runs = {}
     for name, extra in (("plain", ()), ("chunked", ("--chunk-size", "8"))):
         out = tmp_path / name
-        args = _args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", *extra)
+        args = run_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", *extra)
         assert finetune.main(args) == 0
         runs[name] = load_checkpoint(out / "last.pt")
     assert runs["chunked"]["config"]["chunk_size"] == 8 and runs["plain"]["config"]["chunk_size"] is None
@@ -230,7 +233,9 @@ def test_channels_last_trains_like_nchw(data_dir: Path, tmp_path: Path) -> None:
     logits = {}
     for name, flag in (("nhwc", "--channels-last"), ("nchw", "--no-channels-last")):
         out = tmp_path / name
-        assert finetune.main(_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", flag)) == 0
+        assert (
+            finetune.main(run_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "2", flag)) == 0
+        )
         state = load_checkpoint(out / "last.pt")
         assert state["config"]["channels_last"] is (name == "nhwc")
         conv = next(v for v in state["model"].values() if v.dim() == 4 and v.shape[-1] > 1)

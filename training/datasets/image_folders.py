@@ -75,7 +75,8 @@ def class_folder_images(
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise DatasetError(f"{folder} is not a folder of class folders")
+        state = "does not exist" if not folder.exists() else "is a file"
+        raise DatasetError(f"{folder} {state}; give a folder of class folders ({folder}/CLASS/IMAGE.jpg)")
     classes, files = _scan_class_folders(folder, only=classes)
     return LabeledImages(files, transform=transform), classes
 
