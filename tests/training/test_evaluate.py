@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.harness import glyphs_dir
 from clce_core.fewshot import evaluate_episodes
 from training import evaluate, evaluation, finetune
 from training.embed import embed_and_classify, load_class_set, load_encoder, save_embeddings
@@ -24,7 +25,7 @@ COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128), (200, 2
 CLASSES = [f"c{i}" for i in range(len(COLOURS))]
 PER_CLASS = 8
 LINE = re.compile(r"^5-way 1-shot: \d{1,3}\.\d{2} ± \d+\.\d{2} \(20 episodes, 2 queries\)$", re.M)
-GLYPHS = Path(__file__).resolve().parents[3] / "shared" / "data" / "glyphs64" / "novel"
+GLYPHS = glyphs_dir(check=False) / "novel"  # $CLCE_GLYPHS_DIR
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -70,6 +71,7 @@ def _is_png(path: Path) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_checkpoint_prints_the_contract_line_and_writes_json(
     checkpoints: dict[str, Path], class_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -113,6 +115,7 @@ def single_report(
     return report
 
 
+@pytest.mark.slow
 def test_report_writes_valid_pngs_and_markdown(single_report: Path) -> None:
     for name in ("similarity_classes.png", "similarity_all.png", "tsne.png", "confusion.png"):
         assert _is_png(single_report / name), name
@@ -124,6 +127,7 @@ def test_report_writes_valid_pngs_and_markdown(single_report: Path) -> None:
     assert sim["classes"]["positive_pairs"] == 2 * (PER_CLASS * (PER_CLASS - 1) // 2)
 
 
+@pytest.mark.slow
 def test_compare_draws_two_panels(
     checkpoints: dict[str, Path], class_dir: Path, single_report: Path, tmp_path: Path, capsys
 ) -> None:
@@ -144,6 +148,7 @@ def test_compare_draws_two_panels(
     assert (tmp_path / "emb" / "clce" / "embeddings.npy").is_file()
 
 
+@pytest.mark.slow
 def test_frozen_encoder_and_logreg(class_dir: Path, tmp_path: Path, capsys) -> None:
     """--model: no head, so no top-1; --classifier logreg goes through evaluate_episodes' callable."""
     out = tmp_path / "r.json"
@@ -265,7 +270,8 @@ def test_a_checkpoint_is_not_reported_as_random_weights(
     assert f"loaded test_efficientnet from {checkpoints['ce']} (epoch 1, D=" in caplog.text
 
 
-@pytest.mark.skipif(not GLYPHS.is_dir(), reason="shared/data/glyphs64 is not present")
+@pytest.mark.slow
+@pytest.mark.skipif(not GLYPHS.is_dir(), reason="no glyph set at $CLCE_GLYPHS_DIR")
 def test_glyph_classes_with_the_packaged_encoder(tmp_path: Path, capsys) -> None:
     """Six novel glyph classes, frozen ImageNet EfficientNet-Lite0 at 64 px: well above chance (20%)."""
     for folder in sorted(GLYPHS.iterdir())[::24][:6]:
