@@ -204,6 +204,7 @@ def test_npz_dump_and_tsne_subsample(tmp_path: Path) -> None:
     assert len(idx) == 500 and len(np.unique(np.repeat(np.arange(30), 100)[idx])) <= 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, message",
     [
