@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/train_speed.py at the smallest settings (CPU, seconds)."""
+"""Smoke test of python -m benchmarks.train_speed at the smallest settings (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import train_speed  # the repository root is on sys.path (tests/ is a package)
+from benchmarks import train_speed
 
 SMALL = ["--batch-size", "4", "--img-size", "32", "--warmup", "1", "--repeats", "1"]
 
