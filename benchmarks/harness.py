@@ -1,11 +1,13 @@
 """What every benchmark shares: the machine line, load, memory, timing, publishing, a server, data paths.
 
 The benchmarks (and the tests that start a server) import this module; nothing in ``clce_core``,
-``training`` or ``serving`` does. torch and httpx are imported inside the functions that need them,
-so a serving-only install can use the server helpers and a training-only one the rest.
+``training`` or ``serving`` does. torch, httpx and ``training`` are imported inside the functions
+that need them, so a serving-only install can use the server helpers and a training-only one the rest.
 
-Data: the glyph set is the folder ``$CLCE_GLYPHS_DIR`` (default ``~/.cache/clce/data/glyphs64``),
-holding ``base/`` and ``novel/`` class folders; :func:`glyphs_dir` is the one place that reads it.
+Data: the glyph set is the folder ``$CLCE_GLYPHS_DIR`` (else ``$CLCE_DATA_HOME/glyphs64``, default
+``~/.cache/clce/data/glyphs64``), holding ``base/`` and ``novel/`` class folders, found as
+``--dataset glyphs64`` finds it (:func:`training.datasets.glyphs.glyphs_root`); :func:`glyphs_dir`
+is the benchmarks' way to it.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-GLYPHS_ENV = "CLCE_GLYPHS_DIR"
-DEFAULT_GLYPHS = Path("~/.cache/clce/data/glyphs64")
+GLYPHS_ENV = "CLCE_GLYPHS_DIR"  # the variable training.datasets.glyphs reads (a test pins the two equal)
 MIB = 2**20
 
 
@@ -257,7 +258,9 @@ def server_process(
 
 # ------------------------------------------------------------------------------------------ data
 def glyphs_dir(check: bool = True) -> Path:
-    """The glyph set's folder: ``$CLCE_GLYPHS_DIR``, default ``~/.cache/clce/data/glyphs64``.
+    """The glyph set's folder: ``$CLCE_GLYPHS_DIR``, else ``$CLCE_DATA_HOME/glyphs64`` (default
+    ``~/.cache/clce/data/glyphs64``), as :func:`training.datasets.glyphs.glyphs_root` finds it
+    (imports ``training``, hence torch).
 
     Args:
         check: raise when the folder is missing (benchmarks); ``False`` returns the path anyway
@@ -266,7 +269,9 @@ def glyphs_dir(check: bool = True) -> Path:
     Raises:
         FileNotFoundError: ``check`` and the folder does not exist; the message says how to get it.
     """
-    path = Path(os.environ.get(GLYPHS_ENV) or DEFAULT_GLYPHS).expanduser()
+    from training.datasets.glyphs import glyphs_root
+
+    path = glyphs_root()
     if check and not path.is_dir():
         raise FileNotFoundError(
             f"the glyph set is not at {path}: set {GLYPHS_ENV} to the folder holding its base/ and novel/ "

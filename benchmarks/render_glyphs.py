@@ -62,7 +62,8 @@ class ClassRender:
 
 
 def default_output() -> Path:
-    """``$CLCE_GLYPHS_DIR`` if set, else ``~/.cache/clce/data/glyphs64``: the benchmarks' glyph folder."""
+    """``$CLCE_GLYPHS_DIR``, else ``$CLCE_DATA_HOME/glyphs64`` (``~/.cache/clce/data/glyphs64``): where
+    ``--dataset glyphs64`` and the benchmarks look for the set (:func:`benchmarks.harness.glyphs_dir`)."""
     return glyphs_dir(check=False)
 
 

@@ -44,8 +44,20 @@ def test_glyphs_dir_comes_from_the_variable(tmp_path: Path, monkeypatch: pytest.
     assert glyphs_dir() == tmp_path
 
 
+def test_glyphs_dir_is_where_the_glyphs64_dataset_looks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.datasets import glyphs
+
+    assert glyphs.GLYPHS_ENV == GLYPHS_ENV
+    monkeypatch.delenv(GLYPHS_ENV, raising=False)
+    monkeypatch.setenv("CLCE_DATA_HOME", str(tmp_path / "data"))
+    assert glyphs_dir(check=False) == glyphs.glyphs_root() == tmp_path / "data" / "glyphs64"
+
+
 def test_glyphs_dir_defaults_to_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(GLYPHS_ENV, raising=False)
+    monkeypatch.delenv("CLCE_DATA_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     expected = tmp_path / ".cache" / "clce" / "data" / "glyphs64"
     assert glyphs_dir(check=False) == expected
