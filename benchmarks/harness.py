@@ -1,6 +1,6 @@
 """What every benchmark shares: the machine line, load, memory, timing, publishing, a server, data paths.
 
-The benchmarks (and the tests that start a server) import this module; nothing in ``clce_core``,
+The benchmarks (and the tests that start a server: ``tests/serving/processes.py``) import this module; nothing in ``clce_core``,
 ``training`` or ``serving`` does. torch, httpx and ``training`` are imported inside the functions
 that need them, so a serving-only install can use the server helpers and a training-only one the rest.
 
@@ -18,13 +18,15 @@ import gc
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -188,72 +190,93 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def server_process(
-    cmd: list[str],
-    url: str,
-    env: dict[str, str] | None = None,
-    ready_path: str = "/health/ready",
-    ready_timeout: float = 60.0,
-    stop_timeout: float = 15.0,
-    capture: bool = True,
-) -> Iterator[subprocess.Popen]:
-    """Start ``cmd`` (a server listening at ``url``) in ``REPO``, wait until ``GET ready_path`` answers
-    200, yield the process, then stop it (SIGTERM, SIGKILL after ``stop_timeout`` seconds).
+class Server:
+    """A real server process listening on 127.0.0.1:``port``, started in ``REPO``.
+
+    A context manager: leaving the ``with`` block stops a server that still runs (SIGTERM, then
+    SIGKILL after ``stop_timeout`` seconds). Its stdout and stderr together go to a temporary file
+    (:meth:`output`, for log lines and error messages) unless ``capture`` is False, when they pass
+    through to this process's. It can be sent any signal (SIGTERM drains, SIGHUP reloads, SIGKILL crashes).
 
     Args:
-        cmd: the command line, e.g. ``[python, -m, serving, --port, N, ...]``.
-        url: its base URL, e.g. ``http://127.0.0.1:8123``.
+        cmd: the command line, e.g. ``[python, -m, serving, --port, PORT, ...]``; it must listen on ``port``.
+        port: the TCP port on 127.0.0.1.
         env: variables set on top of this process's environment.
-        ready_path: the path polled every 0.1 s until it answers 200.
-        ready_timeout: seconds to wait for readiness.
-        stop_timeout: seconds between SIGTERM and SIGKILL when stopping.
-        capture: keep the server's stdout and stderr in a temporary file (quoted in a
-            :class:`ServerError`); ``False`` lets them through to this process's.
-
-    Raises:
-        ServerError: the process exited before it was ready, or was not ready in ``ready_timeout`` s.
+        capture: keep the output in a file (True) or let it through (False).
+        stop_timeout: seconds between SIGTERM and SIGKILL when the block ends.
     """
-    import httpx
 
-    with tempfile.TemporaryFile("w+") as log:
-        out = {"stdout": log, "stderr": subprocess.STDOUT} if capture else {}
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, **out)
+    def __init__(
+        self,
+        cmd: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        capture: bool = True,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.stop_timeout = stop_timeout
+        self._log = tempfile.NamedTemporaryFile("w+b", suffix=".log") if capture else None  # noqa: SIM115  (closed in __exit__)
+        out = {"stdout": self._log, "stderr": subprocess.STDOUT} if self._log else {}
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, **out)
 
-        def output() -> str:
-            if not capture:
-                return "(its output is above)"
-            log.seek(0)
-            return log.read()[-3000:]
+    def output(self) -> str:
+        """Everything the process wrote so far (empty without ``capture``)."""
+        return Path(self._log.name).read_bytes().decode(errors="replace") if self._log else ""
 
-        try:
-            deadline = time.monotonic() + ready_timeout
-            last = "no answer"
-            with httpx.Client(base_url=url, timeout=5) as client:
-                while True:
-                    if proc.poll() is not None:
-                        raise ServerError(
-                            f"the server exited with code {proc.returncode} before it was ready: {output()}"
-                        )
-                    with contextlib.suppress(httpx.TransportError):
-                        r = client.get(ready_path)
-                        if r.status_code == 200:
-                            break
-                        last = f"{r.status_code} {r.text[:200]}"
-                    if time.monotonic() > deadline:
-                        raise ServerError(
-                            f"the server at {url} was not ready within {ready_timeout:g} s "
-                            f"(GET {ready_path}: {last}): {output()}"
-                        )
-                    time.sleep(0.1)
-            yield proc
-        finally:
-            proc.terminate()
+    def wait_ready(self, timeout: float = 60.0, path: str = "/health/ready") -> Server:
+        """Poll ``GET path`` every 0.1 s until it answers 200; returns the server.
+
+        Raises:
+            ServerError: the process exited first, or ``path`` did not answer 200 within ``timeout`` s;
+                the message quotes the end of its output.
+        """
+        import httpx
+
+        deadline, last = time.monotonic() + timeout, "no answer"
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ServerError(
+                        f"the server exited with code {self.proc.returncode} before it was ready: {self._tail()}"
+                    )
+                with contextlib.suppress(httpx.TransportError):
+                    r = client.get(path)
+                    if r.status_code == 200:
+                        return self
+                    last = f"{r.status_code} {r.text[:200]}"
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"the server at {self.url} was not ready within {timeout:g} s (GET {path}: {last}): "
+                        f"{self._tail()}"
+                    )
+                time.sleep(0.1)
+
+    def _tail(self) -> str:
+        return self.output()[-3000:] if self._log else "(its output is above)"
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, waiting at most ``timeout`` seconds (``subprocess.TimeoutExpired`` after)."""
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(stop_timeout)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                self.proc.kill()
+                self.proc.wait()
+        if self._log:
+            self._log.close()
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -51,13 +51,13 @@ import numpy as np
 
 from benchmarks.harness import (
     RESULTS,
+    Server,
     ServerError,
     cpu_seconds,
     fail,
     free_port,
     load_average,
     machine_line,
-    server_process,
 )
 
 DEFAULT_OUTPUT = RESULTS / "serving_load.json"
@@ -232,10 +232,9 @@ def server(
             "--db-path", str(Path(tmp) / "bench.sqlite3"),
             "--log-level", "warning",
         ]  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
         try:
-            with server_process(cmd, url, env=env, ready_timeout=180, capture=False) as proc:
-                yield url, proc.pid
+            with Server(cmd, port, env=env, capture=False, stop_timeout=15) as running:
+                yield running.wait_ready(180).url, running.proc.pid
         except ServerError as e:
             fail(str(e))
 

@@ -18,6 +18,7 @@ from benchmarks import harness
 from benchmarks.harness import (
     GLYPHS_ENV,
     REPO,
+    Server,
     ServerError,
     fail,
     free_port,
@@ -28,7 +29,6 @@ from benchmarks.harness import (
     publish,
     reset_peak_memory,
     rss_kib,
-    server_process,
     timed,
 )
 
@@ -118,33 +118,35 @@ def _http_server(port: int) -> list[str]:
     return [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
 
 
-def test_server_process_waits_for_ready_and_stops_the_server() -> None:
+def test_server_waits_for_ready_keeps_its_output_and_stops() -> None:
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with server_process(_http_server(port), url, ready_path="/", ready_timeout=30) as proc:
-        assert proc.poll() is None
-        assert httpx.get(url + "/", timeout=5).status_code == 200
-    assert proc.returncode is not None
+    with Server(_http_server(port), port) as server:
+        assert server.wait_ready(30, path="/") is server and server.proc.poll() is None
+        assert httpx.get(server.url + "/", timeout=5).status_code == 200
+        time.sleep(0.2)  # http.server logs the request after answering it
+        assert '"GET / HTTP/1.1" 200' in server.output()
+    assert server.proc.returncode is not None
     with pytest.raises(httpx.TransportError):
-        httpx.get(url + "/", timeout=1)
+        httpx.get(server.url + "/", timeout=1)
 
 
-def test_server_process_reports_an_early_exit_with_its_output() -> None:
+def test_server_reports_an_early_exit_with_its_output() -> None:
     cmd = [sys.executable, "-c", "import sys; print('bad model folder'); sys.exit(3)"]
     with (
         pytest.raises(ServerError, match=r"exited with code 3 before it was ready: bad model folder"),
-        server_process(cmd, f"http://127.0.0.1:{free_port()}"),
+        Server(cmd, free_port()) as server,
     ):
-        pytest.fail("not reached")
+        server.wait_ready()
 
 
-def test_server_process_gives_up_when_never_ready() -> None:
+def test_server_gives_up_when_never_ready() -> None:
     port = free_port()
     with (  # it answers 404 there (or, on a machine slower to start it than 1 s, nothing)
         pytest.raises(ServerError, match=r"not ready within 1 s \(GET /health/ready: (404|no answer)"),
-        server_process(_http_server(port), f"http://127.0.0.1:{port}", ready_timeout=1),
+        Server(_http_server(port), port) as server,
     ):
-        pytest.fail("not reached")
+        server.wait_ready(1)
+    assert server.proc.returncode is not None  # stopped all the same
 
 
 # ------------------------------------------------------------------------------------------ the benchmarks
