@@ -162,6 +162,7 @@ def test_frozen_encoder_and_logreg(class_dir: Path, tmp_path: Path, capsys) -> N
     assert model["classification"] is None and model["checkpoint"] is None
 
 
+@pytest.mark.slow
 def test_simpleshot_centres_on_the_base_classes(class_dir: Path, tmp_path: Path, capsys) -> None:
     """--classifier simpleshot embeds --base-data-dir once and passes its mean to the episodes; the
     printed accuracy is the one evaluate_episodes gives with that mean."""
