@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   install, then fine-tune on Fashion-MNIST offline with the packaged weights
 #   make test         install, then run the test suite (what .ci/run calls)
+#   make test-fast    the suite without the tests marked slow (under a minute on 2 cores)
 # Not part of make test (needs a Docker engine, root on a bare machine, and minutes):
 #   make docker-smoke build the CPU serving image and check it end to end (docker/smoke.sh)
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint quickstart fashion-mnist docker-smoke clean
+.PHONY: install test test-fast lint quickstart fashion-mnist docker-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,8 +1,8 @@
 """Peak memory and step time against the batch size, with and without gradient caching (``--chunk-size``).
 
-    python benchmarks/batch_memory.py                              # 64 … 1024 images at 64 px, CPU
-    python benchmarks/batch_memory.py --sizes 64,256 --chunk-size 32
-    python benchmarks/batch_memory.py --device cuda --img-size 224 --sizes 128,512,2048 --chunk-size 256
+    python -m benchmarks.batch_memory                              # 64 … 1024 images at 64 px, CPU
+    python -m benchmarks.batch_memory --sizes 64,256 --chunk-size 32
+    python -m benchmarks.batch_memory --device cuda --img-size 224 --sizes 128,512,2048 --chunk-size 256
 
 One step is the product's own ``training.engine.train_step`` (forward, CLCE loss on all 2B rows,
 backward, clip, AdamW, scheduler) on a fixed random batch of B images, two views each, 4 images per
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import statistics
 import subprocess
@@ -35,31 +33,15 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import harness
 from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
 from training.engine import StepContext, resolve_amp, train_step
 from training.optim import param_groups, warmup_cosine
-from training.sysinfo import load_average, machine_line
-
-MIB = 2**20
 
 
 # ------------------------------------------------------------------------------------------------ child
-def _rss_kib(field: str, pid: str = "self") -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of a process, KiB, from /proc/PID/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/{pid}/status")
-
-
-def _malloc_trim() -> None:
-    """Give freed heap pages back to the OS (glibc), so RSS before the step is the live memory."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def make_batch(
     images: int, img_size: int, num_classes: int, per_class: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,11 +78,6 @@ def build_context(args: argparse.Namespace, chunk_size: int | None, device: torc
     )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _child(args: argparse.Namespace) -> None:
     """One (batch size, chunk size) in this fresh process; prints one JSON line."""
     images_s, chunk_s = args.child.split(",")
@@ -115,29 +92,13 @@ def _child(args: argparse.Namespace) -> None:
     warm = min(x.shape[0], 64)
     for _ in range(args.warmup):  # optimiser state and lazy allocations exist after this
         train_step(ctx, x[:warm], y[:warm])
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device) / MIB
-    else:
-        _malloc_trim()
-        # VmHWM does not survive exec and writing 5 to clear_refs resets it to the current RSS, so
-        # the difference is the timed steps' own peak.
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _rss_kib("VmRSS") / 1024
-    times, losses = [], []
+    harness.release_memory()
+    before = harness.reset_peak_memory(device)  # the peak from here on is the timed steps' own
+    times, outputs = [], []
     for _ in range(args.repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = train_step(ctx, x, y)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        losses.append(float(out.total.detach()))
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / MIB
-    else:
-        peak = _rss_kib("VmHWM") / 1024
+        times.append(harness.timed(lambda: outputs.append(train_step(ctx, x, y)), device))
+    losses = [float(out.total.detach()) for out in outputs]
+    peak = harness.peak_memory_mib(device)
     result = {
         "images": images,
         "rows": 2 * images,
@@ -155,7 +116,7 @@ def _child(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------------------ parent
 def _child_argv(args: argparse.Namespace, images: int, chunk: int | None) -> list[str]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--_child", f"{images},{chunk or 0}"]
+    argv = harness.module_command("benchmarks.batch_memory", "--_child", f"{images},{chunk or 0}")
     for flag in (
         "model",
         "img_size",
@@ -176,12 +137,16 @@ def run_child(args: argparse.Namespace, images: int, chunk: int | None) -> dict:
     """Run one configuration in a subprocess; stop it if its resident memory passes the guard."""
     limit_kib = args.max_rss_gb * 2**20
     proc = subprocess.Popen(
-        _child_argv(args, images, chunk), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _child_argv(args, images, chunk),
+        cwd=harness.REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     peak_kib, killed = 0, False
     while proc.poll() is None:
         with contextlib.suppress(OSError, RuntimeError):
-            rss = _rss_kib("VmRSS", str(proc.pid))
+            rss = harness.rss_kib("VmRSS", proc.pid)
             peak_kib = max(peak_kib, rss)
             if rss > limit_kib:
                 proc.kill()
@@ -202,13 +167,13 @@ def predicted_peak_gib(previous: dict | None, images: int, img_size: int) -> flo
     is extrapolated linearly from the last size measured."""
     if previous is None or "skipped" in previous:
         return None
-    batch_mib = 2 * 3 * img_size * img_size * 4 / MIB  # per image, two float32 views
+    batch_mib = 2 * 3 * img_size * img_size * 4 / harness.MIB  # per image, two float32 views
     before = previous["before_mib"] + batch_mib * (images - previous["images"])
     return (before + previous["step_peak_mib"] * images / previous["images"]) / 1024
 
 
 def machine(device: torch.device, threads: int = 0) -> str:
-    text = machine_line(f"device {device}")
+    text = harness.machine_line(f"device {device}")
     if threads:
         text += f"; the measured processes use {threads} thread(s)"
     return text
@@ -229,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "max_rss_gb": args.max_rss_gb,
-        "load_before": load_average(),
+        "load_before": harness.load_average(),
         "runs": [],
     }
     last: dict[int | None, dict | None] = {None: None, args.chunk_size: None}
@@ -249,7 +214,7 @@ def run(args: argparse.Namespace) -> dict:
             what = row.get("skipped") or f"{row['step_s']:.1f} s, peak +{row['step_peak_mib']:.0f} MiB"
             print(f"{images} images, chunk {chunk or '-'}: {what}", file=sys.stderr)
     results["wall_s"] = time.perf_counter() - start
-    results["load_after"] = load_average()
+    results["load_after"] = harness.load_average()
     return results
 
 
@@ -321,9 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=16.0,
         help="skip or stop a configuration past this resident memory",
     )
-    parser.add_argument(
-        "--output", type=Path, default=Path(__file__).parent / "results" / "batch_memory.json"
-    )
+    parser.add_argument("--output", type=Path, default=harness.RESULTS / "batch_memory.json")
     parser.add_argument("--_child", dest="child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.chunk_size < 1 or args.repeats < 1 or args.warmup < 0 or args.per_class < 1:
@@ -337,10 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         _child(args)
         return
     results = run(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
-    print(table(results))
-    print(f"\nwrote {args.output}")
+    harness.publish(results, args.output, table(results))
 
 
 if __name__ == "__main__":

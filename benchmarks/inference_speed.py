@@ -1,8 +1,8 @@
 """Latency and throughput of the exported model in ONNX Runtime against PyTorch eager.
 
-    python benchmarks/inference_speed.py                      # tf_efficientnet_lite0, packaged weights, 224 px
-    python benchmarks/inference_speed.py --checkpoint runs/X/best.pt --repeats 100
-    python benchmarks/inference_speed.py --model resnet50 --pretrained none --threads 4
+    python -m benchmarks.inference_speed                      # tf_efficientnet_lite0, packaged weights, 224 px
+    python -m benchmarks.inference_speed --checkpoint runs/X/best.pt --repeats 100
+    python -m benchmarks.inference_speed --model resnet50 --pretrained none --threads 4
 
 One model, built without a training run (``create_model(MODEL, 10, PRETRAINED)``) or from
 ``--checkpoint``, is exported by the product's own ``training.export.export_model`` (so the ONNX
@@ -27,7 +27,6 @@ threads steal the cores of the next one. Prints a Markdown table; writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.sysinfo import machine_line
+from benchmarks.harness import RESULTS, machine_line, publish
 
 Runner = Callable[[np.ndarray], np.ndarray]
 EAGER = "PyTorch eager"
@@ -212,15 +211,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pause-ms", type=float, default=50, help="sleep before each timed call (spinning threads settle)"
     )
-    parser.add_argument(
-        "--output", type=Path, default=Path(__file__).parent / "results" / "inference_speed.json"
-    )
+    parser.add_argument("--output", type=Path, default=RESULTS / "inference_speed.json")
     args = parser.parse_args(argv)
     results = run(args)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2))
-    print(table(results))
-    print(f"\nwrote {args.output}")
+    publish(results, args.output, table(results))
 
 
 if __name__ == "__main__":

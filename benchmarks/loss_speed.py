@@ -1,7 +1,7 @@
 """Forward+backward time and peak memory of the contrastive losses against pytorch-metric-learning.
 
-    python benchmarks/loss_speed.py                 # M = 256, 1024, 4096 rows, D = 768, 7 repeats
-    python benchmarks/loss_speed.py --rows 256 --repeats 3 --device cuda
+    python -m benchmarks.loss_speed                 # M = 256, 1024, 4096 rows, D = 768, 7 repeats
+    python -m benchmarks.loss_speed --rows 256 --repeats 3 --device cuda
 
 Compared, in one run: our ``clce`` (LACLN term), ``clce-nohnm``, ``supcon`` (L_out), and
 pytorch-metric-learning's ``SupConLoss`` (the peer users would pick), plus the floor: one M×M×D
@@ -21,14 +21,22 @@ import argparse
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from benchmarks.harness import (
+    REPO,
+    RESULTS,
+    machine_line,
+    module_command,
+    peak_memory_mib,
+    publish,
+    reset_peak_memory,
+    timed,
+)
 from clce_core.losses import lacln_loss, supcon_loss
-from training.sysinfo import machine_line, publish
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -57,28 +65,15 @@ def make_batch(rows: int, dim: int, device: str, seed: int = 0) -> tuple[torch.T
     return torch.randn(rows, dim, generator=g).to(device), labels.to(device)
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_step(fn: LossFn, emb: torch.Tensor, labels: torch.Tensor, device: str) -> float:
     """Seconds for one forward + backward."""
     e = emb.detach().requires_grad_(True)
-    _sync(device)
-    t0 = time.perf_counter()
-    fn(e, labels).backward()
-    _sync(device)
-    return time.perf_counter() - t0
+    return timed(lambda: fn(e, labels).backward(), device)
 
 
 def time_matmul(emb: torch.Tensor, device: str) -> float:
     """Seconds for one (M, D) × (D, M) matmul."""
-    _sync(device)
-    t0 = time.perf_counter()
-    emb @ emb.T
-    _sync(device)
-    return time.perf_counter() - t0
+    return timed(lambda: emb @ emb.T, device)
 
 
 def peak_memory_mb(name: str, rows: int, dim: int, device: str) -> float:
@@ -86,13 +81,14 @@ def peak_memory_mb(name: str, rows: int, dim: int, device: str) -> float:
     if device == "cuda":
         emb, labels = make_batch(rows, dim, device)
         fn = LOSSES[name]()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        base = reset_peak_memory(device)
         time_step(fn, emb, labels, device)
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
+        return peak_memory_mib(device) - base
     out = subprocess.run(
-        [sys.executable, __file__, "--_memory-child", name, "--rows", str(rows), "--dim", str(dim)],
+        module_command(
+            "benchmarks.loss_speed", "--_memory-child", name, "--rows", str(rows), "--dim", str(dim)
+        ),
+        cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
@@ -100,34 +96,17 @@ def peak_memory_mb(name: str, rows: int, dim: int, device: str) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _rss_kib(field: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, KiB, from /proc/self/status."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _memory_child(name: str, rows: int, dim: int) -> None:
     emb, labels = make_batch(rows, dim, "cpu")
     fn = LOSSES[name]()
     fn(emb[:16].detach().requires_grad_(True), labels[:16]).backward()  # import-time and lazy allocations
-    # ru_maxrss survives exec (the parent's peak leaks in); VmHWM does not, and writing 5 to
-    # clear_refs resets it to the current RSS, so the difference is this one step's peak.
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _rss_kib("VmRSS")
+    before = reset_peak_memory("cpu")  # VmHWM from here on is this one step's peak
     time_step(fn, emb, labels, "cpu")
-    print((_rss_kib("VmHWM") - before) / 1024)
-
-
-def machine() -> str:
-    return machine_line()
+    print(peak_memory_mib("cpu") - before)
 
 
 def run(rows_list: list[int], dim: int, repeats: int, device: str) -> dict:
-    results = {"machine": machine(), "device": device, "dim": dim, "repeats": repeats, "rows": {}}
-    if device == "cuda":
-        results["machine"] += f", {torch.cuda.get_device_name()}"
+    results = {"machine": machine_line(), "device": device, "dim": dim, "repeats": repeats, "rows": {}}
     for rows in rows_list:
         emb, labels = make_batch(rows, dim, device)
         fns = {name: make() for name, make in LOSSES.items()}
@@ -181,7 +160,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768, help="embedding size D")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per configuration (median)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "loss_speed.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "loss_speed.json")
     parser.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:

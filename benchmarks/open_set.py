@@ -32,13 +32,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.render_glyphs import default_output
+from benchmarks.harness import RESULTS, glyphs_dir, machine_line, publish
 from clce_core.export_folder import read_card
 from clce_core.preprocessing import array_to_rgb
 from serving.classification import CALIBRATED, Prediction, parse_threshold, predict, resolve_threshold
 from serving.sessions import ModelRuntime
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTOS = (
     "coffee", "chelsea", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "colorwheel",
     "retina", "camera", "coins", "moon", "page", "text", "clock", "horse", "brick", "grass", "gravel",
@@ -123,18 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=100, help="test images per class (default 100)")
     p.add_argument("--glyphs", type=int, default=500, help="glyph images (default 500)")
     p.add_argument(
-        "--glyphs-dir", type=Path, default=default_output() / "novel", help="class folders of glyphs"
+        "--glyphs-dir", type=Path, default=glyphs_dir(check=False) / "novel", help="class folders of glyphs"
     )
     p.add_argument("--noise", type=int, default=100, help="noise images (default 100)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "open_set.json")
+    p.add_argument("--output", type=Path, default=RESULTS / "open_set.json")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from training.sysinfo import machine_line, publish
-
     card = read_card(args.model_dir)
     threshold = resolve_threshold(card, args.threshold)
     runtime = ModelRuntime(card, device="auto")

@@ -1,8 +1,8 @@
 """The paper's comparison, offline and reproducible: CE vs CE+SupCon vs CLCE without / with hard negatives.
 
-    python benchmarks/quality.py                      # --quick (default): ≤ 30 min on 2 CPU cores
-    python benchmarks/quality.py --full               # larger recipe, full test split, 3000 episodes
-    python benchmarks/quality.py --suite glyphs --batch-sweep 64 128 256 --losses ce supcon clce --batches balanced
+    python -m benchmarks.quality                      # --quick (default): ≤ 30 min on 2 CPU cores
+    python -m benchmarks.quality --full               # larger recipe, full test split, 3000 episodes
+    python -m benchmarks.quality --suite glyphs --batch-sweep 64 128 256 --losses ce supcon clce --batches balanced
 
 Suites (the same recipe for every loss, seeds 0, 1, 2 by default):
 
@@ -11,7 +11,8 @@ Suites (the same recipe for every loss, seeds 0, 1, 2 by default):
   seeded, class-balanced 1,000-image subset of it and says so).
 * ``glyphs`` — few-shot on classes never trained on: fine-tune on ``glyphs64/base`` (128 classes), then
   5-way 1-shot and 5-shot nearest-prototype episodes (15 queries) on ``glyphs64/novel`` (144 classes);
-  the frozen pretrained encoder is the floor.
+  the frozen pretrained encoder is the floor. The glyph set is read from ``$CLCE_GLYPHS_DIR``
+  (default ``~/.cache/clce/data/glyphs64``).
 
 Batch composition (``--batches``): **balanced** batches hold B/m classes × m images (m = 4, CONTRACTS'
 ``--per-class``), **random** batches are plain shuffling. On the glyph suite every loss runs with
@@ -40,18 +41,16 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.harness import RESULTS, fail, glyphs_dir, machine_line
 from clce_core.fewshot import evaluate_episodes
 from clce_core.stats import t_confidence_interval
 from training.config import RunConfig
 from training.embed import embed_images, load_class_set, load_encoder
 from training.finetune import Run
-from training.sysinfo import machine_line
 from training.transforms import eval_transform
 
 LOSSES = ["ce", "ce+supcon", "clce-nohnm", "clce"]
 DISPLAY_ORDER = ["frozen", "ce", "supcon", "hscl", "ce+supcon", "clce-nohnm", "clce"]  # rows, bars
-GLYPHS = Path(__file__).resolve().parents[2] / "shared" / "data" / "glyphs64"
-RESULTS = Path(__file__).parent / "results" / "quality"
 
 
 @dataclass
@@ -157,7 +156,7 @@ def glyph_runs(
     batch_sizes: list[int] | None = None,
     floor: bool = True,
 ) -> list[dict]:
-    novel = load_class_set(data_dir=GLYPHS / "novel")
+    novel = load_class_set(data_dir=glyphs_dir() / "novel")
     rows = []
     if floor:  # the frozen floor: no fine-tuning, embedded once, each seed's episodes
         enc = load_encoder(
@@ -176,7 +175,7 @@ def glyph_runs(
                 cfg = run_config(
                     recipe, composition, loss, seed, batch_size, recipe.glyph_epochs,
                     dataset="imagefolder",
-                    data_dir=str(GLYPHS / "base"),
+                    data_dir=str(glyphs_dir() / "base"),
                     hflip=0.0,  # mirroring changes a character
                     warmup_epochs=0.25,
                     output=str(work / f"glyphs-b{batch_size}-{composition}-{loss}-s{seed}"),
@@ -360,7 +359,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a recipe field or a RunConfig option",
     )
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS / "quality")
     parser.add_argument("--replot", action="store_true", help="redraw OUTPUT_DIR's plot from its JSON")
     parser.add_argument(
         "--keep-runs", action="store_true", help="keep the run folders (checkpoints) in OUTPUT_DIR/runs"
@@ -380,8 +379,11 @@ def main() -> None:
             setattr(recipe, key, type(getattr(recipe, key) or 0)(value) if value != "None" else None)
         else:
             recipe.extra[key] = yaml_value(value)
-    if args.suite in ("all", "glyphs") and not GLYPHS.exists():
-        sys.exit(f"error: the glyph set is not at {GLYPHS}; run with --suite fmnist")
+    if args.suite in ("all", "glyphs"):
+        try:
+            glyphs_dir()
+        except FileNotFoundError as e:
+            fail(f"{e}; or run with --suite fmnist")
 
     start = time.perf_counter()
     args.output_dir.mkdir(parents=True, exist_ok=True)

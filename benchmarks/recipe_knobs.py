@@ -1,7 +1,7 @@
 """Which recipe knobs move CE and CLCE on the glyph few-shot suite? One knob at a time.
 
-    python benchmarks/recipe_knobs.py                  # every variant, seed 0 (≈ 35 min on 2 CPU cores)
-    python benchmarks/recipe_knobs.py --update --seeds 1 --only base random   # add seed 1 to two rows
+    python -m benchmarks.recipe_knobs                  # every variant, seed 0 (≈ 35 min on 2 CPU cores)
+    python -m benchmarks.recipe_knobs --update --seeds 1 --only base random   # add seed 1 to two rows
 
 Starting from ``quality.py``'s quick recipe (EfficientNet-Lite0 packaged weights, 48 px, 2 epochs on
 ``glyphs64/base``, batch 64 = 16 classes × 4 images, AdamW 3e-4 encoder / 3e-3 head, τ 0.5, λ 0.9),
@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from quality import GLYPHS, QUICK, Recipe, glyph_runs
 
-from training.sysinfo import machine_line
-
-RESULTS = Path(__file__).parent / "results" / "recipe_knobs"
+from benchmarks.harness import RESULTS, fail, glyphs_dir, machine_line
+from benchmarks.quality import QUICK, Recipe, glyph_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +142,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--only", nargs="+", metavar="VARIANT", choices=[v.name for v in VARIANTS],
                         help="run these variants (default: all)")  # fmt: skip
-    parser.add_argument("--output-dir", type=Path, default=RESULTS)
+    parser.add_argument("--output-dir", type=Path, default=RESULTS / "recipe_knobs")
     parser.add_argument("--update", action="store_true",
                         help="keep OUTPUT_DIR's saved runs of the variants not run now (add or redo a few)")  # fmt: skip
     args = parser.parse_args()
-    if not GLYPHS.exists():
-        sys.exit(f"error: the glyph set is not at {GLYPHS}")
+    try:
+        glyphs_dir()
+    except FileNotFoundError as e:
+        fail(str(e))
     to_run = [v for v in VARIANTS if not args.only or v.name in args.only]
     variants = to_run  # the table's rows
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import textwrap
@@ -40,6 +39,7 @@ import PIL
 from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 
 from benchmarks.glyph_fonts import APT_COMMAND, MANIFEST, Font, Manifest, add_fonts_dir_option, discover_fonts
+from benchmarks.harness import GLYPHS_ENV, glyphs_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ BOX = 56  # the glyph's longer side, px
 FONT_PX = 44  # the size the glyph is drawn at before it is scaled into BOX
 PAD = 8  # margin around the drawn glyph, so that no ink is clipped
 PER_CLASS = 20
-ENV_VAR = "CLCE_GLYPHS_DIR"
 
 
 @dataclass
@@ -63,8 +62,9 @@ class ClassRender:
 
 
 def default_output() -> Path:
-    """``$CLCE_GLYPHS_DIR`` if set, else ``~/.cache/clce/data/glyphs64``."""
-    return Path(os.environ.get(ENV_VAR) or "~/.cache/clce/data/glyphs64").expanduser()
+    """``$CLCE_GLYPHS_DIR``, else ``$CLCE_DATA_HOME/glyphs64`` (``~/.cache/clce/data/glyphs64``): where
+    ``--dataset glyphs64`` and the benchmarks look for the set (:func:`benchmarks.harness.glyphs_dir`)."""
+    return glyphs_dir(check=False)
 
 
 def load_classes(splits: Path = SPLITS) -> dict[str, list[str]]:
@@ -208,14 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
         "20 fonts each, 64x64 grey PNG) from Debian's free fonts.",
         epilog="The fonts (Debian 12; as root):\n  "
         + " \\\n    ".join(textwrap.wrap(APT_COMMAND, 90, break_on_hyphens=False, break_long_words=False))
-        + f"\n\n${ENV_VAR} names the set's folder (the default --output).",
+        + f"\n\n${GLYPHS_ENV} names the set's folder (the default --output).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--output",
         type=Path,
         default=None,
-        help=f"the set's folder (default: ${ENV_VAR}, else ~/.cache/clce/data/glyphs64); must be absent or empty",
+        help=f"the set's folder (default: ${GLYPHS_ENV}, else ~/.cache/clce/data/glyphs64); must be absent or empty",
     )
     add_fonts_dir_option(parser)
     parser.add_argument(

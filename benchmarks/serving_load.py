@@ -1,8 +1,8 @@
 """Load test of the HTTP server: throughput and latency of POST /classify, batching on vs off.
 
-    python benchmarks/serving_load.py --model-dir models/NAME
-    python benchmarks/serving_load.py                      # builds a tf_efficientnet_lite0 export first
-    python benchmarks/serving_load.py --model-dir models/NAME --requests 128 --concurrency 1 8 32 --device cuda
+    python -m benchmarks.serving_load --model-dir models/NAME
+    python -m benchmarks.serving_load                      # builds a tf_efficientnet_lite0 export first
+    python -m benchmarks.serving_load --model-dir models/NAME --requests 128 --concurrency 1 8 32 --device cuda
 
 For each setting (batching on: ``--max-batch``/``--max-wait-ms``; batching off: max_batch 1) the
 server is started as its own process (``python -m serving``, uvicorn on 127.0.0.1 and a free port,
@@ -37,9 +37,7 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,10 +49,18 @@ from typing import Any
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.harness import (
+    RESULTS,
+    Server,
+    ServerError,
+    cpu_seconds,
+    fail,
+    free_port,
+    load_average,
+    machine_line,
+)
 
-DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "serving_load.json"
+DEFAULT_OUTPUT = RESULTS / "serving_load.json"
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -204,12 +210,6 @@ def load_jpegs(folder: str | None, limit: int = 16) -> list[tuple[str, bytes]]:
 # ----------------------------------------------------------------------------------- the server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def server(
     model_dir: Path, max_batch: int, max_wait_ms: float, args: argparse.Namespace
@@ -218,7 +218,6 @@ def server(
     port = free_port()
     queue = max(1024, 4 * max(args.concurrency) * args.images_per_request)
     env = {
-        **os.environ,
         "CLCE_MAX_QUEUE": str(queue),
         "CLCE_MAX_FILES": str(max(32, args.images_per_request)),
         "CLCE_API_KEY": "",
@@ -233,31 +232,11 @@ def server(
             "--db-path", str(Path(tmp) / "bench.sqlite3"),
             "--log-level", "warning",
         ]  # fmt: skip
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env)
-        url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 180
-            with httpx.Client(base_url=url, timeout=5) as client:
-                while True:
-                    if proc.poll() is not None:
-                        sys.exit(f"error: the server exited with code {proc.returncode} before it was ready")
-                    with contextlib.suppress(httpx.TransportError):
-                        r = client.get("/health/ready")
-                        if r.status_code == 200:
-                            break
-                    if time.monotonic() > deadline:
-                        sys.exit(
-                            f"error: the server was not ready within 180 s: {r.text if 'r' in locals() else ''}"
-                        )
-                    time.sleep(0.2)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            with Server(cmd, port, env=env, capture=False, stop_timeout=15) as running:
+                yield running.wait_ready(180).url, running.proc.pid
+        except ServerError as e:
+            fail(str(e))
 
 
 async def drive(
@@ -334,16 +313,7 @@ async def drive(
 
 def _load() -> float | None:
     """1-minute load average: other jobs on the machine show up here (and in the numbers)."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (Linux ``/proc``; None elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
+    return (load_average() or [None])[0]
 
 
 # ----------------------------------------------------------------------------------- direct ORT
@@ -476,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     print()
-    print(f"Model {card.get('model_name')} {card['input_size']}, device {args.device}, {os.cpu_count()} CPUs, "
+    machine = machine_line(torch_info=False)
+    print(f"Machine: {machine}. Model {card.get('model_name')} {card['input_size']}, device {args.device}, "
           f"{args.images_per_request} JPEG(s) per request")  # fmt: skip
     print()
     print(
@@ -507,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
+            "line": machine,
         },
         "model": {"name": card.get("model_name"), "input_size": card["input_size"], "dir": str(model_dir)},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

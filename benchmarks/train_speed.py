@@ -1,7 +1,7 @@
 """Images/s and peak memory of one full training step: CLCE against CE over the same two views.
 
-    python benchmarks/train_speed.py                          # tf_efficientnet_lite0, 32 images, 64 px, CPU
-    python benchmarks/train_speed.py --device cuda --amp bf16 --img-size 224 --batch-size 128
+    python -m benchmarks.train_speed                          # tf_efficientnet_lite0, 32 images, 64 px, CPU
+    python -m benchmarks.train_speed --device cuda --amp bf16 --img-size 224 --batch-size 128
 
 One step is the product's own ``training.engine.train_step`` (forward, loss, backward, gradient
 clipping, AdamW step, scheduler step) with the fine-tuning defaults of ``RunConfig`` (lr, head lr,
@@ -24,26 +24,33 @@ fresh subprocess and reads ``VmHWM`` (reset just before the step). Prints a Mark
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import ctypes
-import gc
 import json
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from benchmarks.harness import (
+    REPO,
+    RESULTS,
+    load_average,
+    machine_line,
+    module_command,
+    peak_memory_mib,
+    publish,
+    release_memory,
+    reset_peak_memory,
+    timed,
+)
 from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
 from training.engine import StepContext, resolve_amp, train_step
 from training.optim import param_groups, warmup_cosine
-from training.sysinfo import load_average, machine_line, publish
 
 
 @dataclass(frozen=True)
@@ -97,11 +104,6 @@ def build_context(
     )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def rows_of(config: Config, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``views × B`` rows of the two-view batch."""
     rows = images.shape[0] // 2 * config.views
@@ -110,28 +112,10 @@ def rows_of(config: Config, images: torch.Tensor, labels: torch.Tensor) -> tuple
 
 def time_step(ctx: StepContext, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Seconds for one ``train_step``."""
-    _sync(ctx.device)
-    t0 = time.perf_counter()
-    train_step(ctx, images, labels)
-    _sync(ctx.device)
-    return time.perf_counter() - t0
+    return timed(lambda: train_step(ctx, images, labels), ctx.device)
 
 
 # ------------------------------------------------------------------------------------------------ memory
-def _rss_kib(field: str) -> int:
-    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process, KiB, from /proc/self/status."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _malloc_trim() -> None:
-    """Give freed heap pages back to the OS (glibc), so RSS before the step is the live memory."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def _memory_child(args: argparse.Namespace) -> None:
     """One configuration in a fresh process: warm up, reset the peak, run one step, print JSON."""
     config = BY_NAME[args.memory_child]
@@ -142,19 +126,15 @@ def _memory_child(args: argparse.Namespace) -> None:
     ctx = build_context(config, build_model(args), args, device)
     for _ in range(max(1, args.warmup)):  # optimiser state and lazy allocations exist after this
         train_step(ctx, images, labels)
-    gc.collect()
-    _malloc_trim()
-    # ru_maxrss survives exec (the parent's peak leaks in); VmHWM does not, and writing 5 to
-    # clear_refs resets it to the current RSS, so the difference is this one step's peak.
-    Path("/proc/self/clear_refs").write_text("5")
-    before = _rss_kib("VmRSS")
+    release_memory()
+    before = reset_peak_memory(device)  # VmHWM from here on is this one step's peak
     train_step(ctx, images, labels)
-    peak = _rss_kib("VmHWM")
-    print(json.dumps({"step_peak_mib": (peak - before) / 1024, "process_peak_mib": peak / 1024}))
+    peak = peak_memory_mib(device)
+    print(json.dumps({"step_peak_mib": peak - before, "process_peak_mib": peak}))
 
 
 def _child_argv(args: argparse.Namespace, name: str) -> list[str]:
-    argv = [sys.executable, str(Path(__file__).resolve()), "--_memory-child", name]
+    argv = module_command("benchmarks.train_speed", "--_memory-child", name)
     for flag in ("model", "batch_size", "img_size", "num_classes", "per_class", "warmup", "seed", "amp"):
         argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return argv
@@ -165,13 +145,11 @@ def peak_memory(
 ) -> dict[str, float]:
     """``step_peak_mib`` (growth over the memory held before the step) and ``process_peak_mib``."""
     if ctx.device.type == "cuda":
-        torch.cuda.synchronize(ctx.device)
-        torch.cuda.reset_peak_memory_stats(ctx.device)
-        base = torch.cuda.memory_allocated(ctx.device)
+        base = reset_peak_memory(ctx.device)
         time_step(ctx, images, labels)
-        peak = torch.cuda.max_memory_allocated(ctx.device)
-        return {"step_peak_mib": (peak - base) / 2**20, "process_peak_mib": peak / 2**20}
-    out = subprocess.run(_child_argv(args, config.name), capture_output=True, text=True)
+        peak = peak_memory_mib(ctx.device)
+        return {"step_peak_mib": peak - base, "process_peak_mib": peak}
+    out = subprocess.run(_child_argv(args, config.name), cwd=REPO, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"memory child for {config.name!r} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -302,7 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "train_speed.json")
+    parser.add_argument("--output", type=Path, default=RESULTS / "train_speed.json")
     parser.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.per_class < 1 or args.repeats < 1 or args.warmup < 0:

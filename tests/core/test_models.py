@@ -13,6 +13,7 @@ LITE0 = "tf_efficientnet_lite0"
 # ------------------------------------------------------------------------------------------ shapes, probe
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("backbone", "kwargs", "size"),
     [
@@ -32,12 +33,14 @@ def test_forward_shapes(backbone: str, kwargs: dict, size: int) -> None:
     torch.testing.assert_close(model.embed(images), embedding)
 
 
+@pytest.mark.slow
 def test_data_config_follows_img_size() -> None:
     config = create_model("vit_tiny_patch16_224", 3, pretrained="none", img_size=32).data_config
     assert config["input_size"] == (3, 32, 32)
     assert {"interpolation", "crop_pct", "mean", "std"} <= set(config)
 
 
+@pytest.mark.slow
 def test_detach_head_trains_head_only() -> None:
     model = create_model("resnet10t", num_classes=4, pretrained="none")
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])

@@ -81,6 +81,7 @@ def test_key_mapping_covers_all_packaged_keys() -> None:
     assert torch.equal(converted["classifier.bias"], source["_fc.bias"])
 
 
+@pytest.mark.slow
 def test_packaged_lite0_is_really_pretrained(lite0_imagenet: ClassifierModel) -> None:
     from skimage import data
 
@@ -100,6 +101,7 @@ def test_packaged_lite0_is_really_pretrained(lite0_imagenet: ClassifierModel) ->
     assert {281, 282, 285} & set(probs[1].topk(5).indices.tolist())  # tabby / tiger cat / Egyptian cat
 
 
+@pytest.mark.slow
 def test_packaged_head_equals_timm_classifier(lite0_imagenet: ClassifierModel) -> None:
     full = timm.create_model(LITE0, pretrained=False).eval()
     full.load_state_dict(load_packaged_state_dict(LITE0))
@@ -108,6 +110,7 @@ def test_packaged_head_equals_timm_classifier(lite0_imagenet: ClassifierModel) -
         torch.testing.assert_close(lite0_imagenet(images)[1], full(images))
 
 
+@pytest.mark.slow
 def test_auto_uses_packaged_weights_and_random_head_for_other_class_counts(
     lite0_imagenet: ClassifierModel,
 ) -> None:
@@ -139,6 +142,7 @@ def _outputs(model: ClassifierModel, images: torch.Tensor) -> tuple[torch.Tensor
         return model.eval()(images)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["classifier.pth", "classifier.safetensors", "checkpoint.pt", "ddp.pth"])
 def test_local_file_round_trip(tmp_path: Path, layout: str) -> None:
     from safetensors.torch import save_file
@@ -161,6 +165,7 @@ def test_local_file_round_trip(tmp_path: Path, layout: str) -> None:
         torch.testing.assert_close(actual, expected)
 
 
+@pytest.mark.slow
 def test_local_timm_state_dicts(tmp_path: Path) -> None:
     full = timm.create_model("resnet10t", num_classes=3).eval()
     torch.save(full.state_dict(), tmp_path / "full.pth")
@@ -182,6 +187,7 @@ def test_local_timm_state_dicts(tmp_path: Path) -> None:
     torch.testing.assert_close(bare.eval().embed(images), encoder.eval()(images))
 
 
+@pytest.mark.slow
 def test_local_efficientnet_pytorch_file(lite0_imagenet: ClassifierModel) -> None:
     model = create_model(LITE0, num_classes=1000, pretrained=_packaged_lite0_file())
     images = torch.randn(1, 3, 64, 64)

@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/train_speed.py at the smallest settings (CPU, seconds)."""
+"""Smoke test of python -m benchmarks.train_speed at the smallest settings (CPU, seconds)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import train_speed  # the repository root is on sys.path (tests/ is a package)
+from benchmarks import train_speed
 
 SMALL = ["--batch-size", "4", "--img-size", "32", "--warmup", "1", "--repeats", "1"]
 
 
+@pytest.mark.slow
 def test_train_speed_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "train_speed.json"
     train_speed.main([*SMALL, "--no-memory", "--output", str(out)])
@@ -26,6 +27,7 @@ def test_train_speed_runs_and_writes_json(tmp_path: Path, capsys: pytest.Capture
     assert "| clce 2 views | 8 |" in printed and "Machine:" in printed
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 def test_train_speed_memory_child_reports_a_peak(capsys: pytest.CaptureFixture[str]) -> None:
     train_speed.main([*SMALL, "--_memory-child", "clce 2 views"])

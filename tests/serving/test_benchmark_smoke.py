@@ -1,4 +1,4 @@
-"""benchmarks/serving_load.py runs end to end on the tiny export, stops by itself and writes its JSON."""
+"""python -m benchmarks.serving_load runs end to end on the tiny export, stops by itself and writes its JSON."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+import pytest
+
+from benchmarks.harness import REPO
 
 
+@pytest.mark.slow
 def test_serving_load_benchmark_smoke(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "serving_load.json"
     cmd = [
-        sys.executable, "benchmarks/serving_load.py",
+        sys.executable, "-m", "benchmarks.serving_load",
         "--model-dir", str(model_dir),
         "--requests", "6", "--concurrency", "1", "4", "--max-batch", "4",
         "--max-seconds", "10", "--time-limit", "60", "--direct-seconds", "0.2",

@@ -64,6 +64,7 @@ def folder(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_folder_with_one_broken_file(model_dir, folder: Path, capsys) -> None:
     out, model = model_dir
     assert predict.main(["--model-dir", str(out), str(folder), "--top-k", "2"]) == 1
@@ -89,6 +90,7 @@ def test_folder_with_one_broken_file(model_dir, folder: Path, capsys) -> None:
     np.testing.assert_allclose([t["probability"] for t in row["top_k"]], np.sort(probs)[::-1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_json_lines_include_errors(model_dir, folder: Path, capsys) -> None:
     out, _ = model_dir
     code = predict.main(
@@ -102,6 +104,7 @@ def test_json_lines_include_errors(model_dir, folder: Path, capsys) -> None:
     assert "error" in next(r for r in rows if r["file"].endswith("broken.jpg"))
 
 
+@pytest.mark.slow
 def test_bad_model_dir_exits_2(model_dir, folder: Path, tmp_path: Path, capsys) -> None:
     out, _ = model_dir
     assert predict.main(["--model-dir", str(tmp_path / "nope"), str(folder)]) == 2

@@ -11,6 +11,7 @@ from tests.serving.conftest import files, image_bytes
 from tests.serving.processes import start_server
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["python -m serving", "uvicorn --factory"])
 def test_server_runs(how: str, model_dir: Path, tmp_path: Path) -> None:
     with start_server(how, model_dir, db_path=tmp_path / "s.db", log_level="warning") as server:

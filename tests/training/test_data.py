@@ -21,6 +21,7 @@ from PIL import Image
 from scipy.io import savemat
 from torchvision.datasets import utils as tv_utils
 
+from benchmarks.harness import glyphs_dir
 from tests.training.test_images import _image_zoo
 from tests.training.test_transforms import LITE0
 from training.datasets import (
@@ -39,6 +40,7 @@ from training.datasets import torchvision as torchvision_datasets
 from training.transforms import build_transforms, two_view_collate
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+GLYPHS = glyphs_dir(check=False)  # $CLCE_GLYPHS_DIR
 
 
 # --------------------------------------------------------------------------- fakes, one per dataset
@@ -429,9 +431,9 @@ def test_imagefolder_without_test_and_with_foreign_val_class(tmp_path):
         build_datasets("imagefolder", None, False, None, None)
 
 
-@pytest.mark.skipif(not (SHARED / "glyphs64" / "base").is_dir(), reason="shared glyph set absent")
+@pytest.mark.skipif(not (GLYPHS / "base").is_dir(), reason="no glyph set at $CLCE_GLYPHS_DIR")
 def test_glyph_set_as_imagefolder():
-    splits = build_datasets("imagefolder", SHARED / "glyphs64" / "base", False, None, None, seed=0)
+    splits = build_datasets("imagefolder", GLYPHS / "base", False, None, None, seed=0)
     assert splits.num_classes == 128 and len(splits.train) + len(splits.val) + len(splits.test) == 128 * 20
     assert splits.train[0][0].mode == "RGB"
 

@@ -120,6 +120,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", list_losses())
 def test_gathered_loss_and_row_gradients_match_the_union_batch(loss: str, two_ranks: list[dict]) -> None:
     """Every rank's loss is the union batch's; local rows get world_size × the union gradient, the
@@ -141,6 +142,7 @@ def test_gathered_loss_and_row_gradients_match_the_union_batch(loss: str, two_ra
                 torch.testing.assert_close(got[name], WORLD * leaf.grad[idx], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss, chunk", ENGINE_CASES)
 def test_ddp_step_has_the_single_process_gradient(
     loss: str, chunk: int | None, two_ranks: list[dict]
@@ -197,6 +199,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_then_resume_in_one(tmp_path: Path) -> None:
     data_dir = image_folder(tmp_path / "colours", {"train": 8, "val": 3, "test": 3})
     out = tmp_path / "run"

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from benchmarks.harness import glyphs_dir
 from clce_core.fewshot import evaluate_episodes
 from training import evaluate, evaluation, finetune
 from training.embed import embed_and_classify, load_class_set, load_encoder, save_embeddings
@@ -24,7 +26,7 @@ COLOURS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (128, 128, 128), (200, 2
 CLASSES = [f"c{i}" for i in range(len(COLOURS))]
 PER_CLASS = 8
 LINE = re.compile(r"^5-way 1-shot: \d{1,3}\.\d{2} ± \d+\.\d{2} \(20 episodes, 2 queries\)$", re.M)
-GLYPHS = Path(__file__).resolve().parents[3] / "shared" / "data" / "glyphs64" / "novel"
+GLYPHS = glyphs_dir(check=False) / "novel"  # $CLCE_GLYPHS_DIR
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -70,6 +72,7 @@ def _is_png(path: Path) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_checkpoint_prints_the_contract_line_and_writes_json(
     checkpoints: dict[str, Path], class_dir: Path, tmp_path: Path, capsys
 ) -> None:
@@ -113,6 +116,7 @@ def single_report(
     return report
 
 
+@pytest.mark.slow
 def test_report_writes_valid_pngs_and_markdown(single_report: Path) -> None:
     for name in ("similarity_classes.png", "similarity_all.png", "tsne.png", "confusion.png"):
         assert _is_png(single_report / name), name
@@ -124,6 +128,7 @@ def test_report_writes_valid_pngs_and_markdown(single_report: Path) -> None:
     assert sim["classes"]["positive_pairs"] == 2 * (PER_CLASS * (PER_CLASS - 1) // 2)
 
 
+@pytest.mark.slow
 def test_compare_draws_two_panels(
     checkpoints: dict[str, Path], class_dir: Path, single_report: Path, tmp_path: Path, capsys
 ) -> None:
@@ -144,6 +149,7 @@ def test_compare_draws_two_panels(
     assert (tmp_path / "emb" / "clce" / "embeddings.npy").is_file()
 
 
+@pytest.mark.slow
 def test_frozen_encoder_and_logreg(class_dir: Path, tmp_path: Path, capsys) -> None:
     """--model: no head, so no top-1; --classifier logreg goes through evaluate_episodes' callable."""
     out = tmp_path / "r.json"
@@ -156,14 +162,17 @@ def test_frozen_encoder_and_logreg(class_dir: Path, tmp_path: Path, capsys) -> N
     assert model["classification"] is None and model["checkpoint"] is None
 
 
+@pytest.mark.slow
 def test_simpleshot_centres_on_the_base_classes(class_dir: Path, tmp_path: Path, capsys) -> None:
     """--classifier simpleshot embeds --base-data-dir once and passes its mean to the episodes; the
     printed accuracy is the one evaluate_episodes gives with that mean."""
     frozen = ["--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32"]
     out = tmp_path / "r.json"
     args = [*frozen, "--data-dir", str(class_dir), "--base-data-dir", str(class_dir)]
+    torch.manual_seed(0)  # the same random weights for the CLI's encoder and the one built below
     assert evaluate.main([*args, *_episodes("--classifier", "simpleshot", "--output", str(out))]) == 0
     printed = float(LINE.findall(capsys.readouterr().out)[0].split(": ")[1].split(" ")[0])
+    torch.manual_seed(0)
     enc = load_encoder(None, "test_efficientnet", "none", 32)
     class_set = load_class_set(data_dir=class_dir)
     emb = json.loads(out.read_text())["models"][0]
@@ -199,6 +208,7 @@ def test_npz_dump_and_tsne_subsample(tmp_path: Path) -> None:
     assert len(idx) == 500 and len(np.unique(np.repeat(np.arange(30), 100)[idx])) <= 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -265,7 +275,8 @@ def test_a_checkpoint_is_not_reported_as_random_weights(
     assert f"loaded test_efficientnet from {checkpoints['ce']} (epoch 1, D=" in caplog.text
 
 
-@pytest.mark.skipif(not GLYPHS.is_dir(), reason="shared/data/glyphs64 is not present")
+@pytest.mark.slow
+@pytest.mark.skipif(not GLYPHS.is_dir(), reason="no glyph set at $CLCE_GLYPHS_DIR")
 def test_glyph_classes_with_the_packaged_encoder(tmp_path: Path, capsys) -> None:
     """Six novel glyph classes, frozen ImageNet EfficientNet-Lite0 at 64 px: well above chance (20%)."""
     for folder in sorted(GLYPHS.iterdir())[::24][:6]:

@@ -72,6 +72,7 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["test_efficientnet", "test_vit"])
 def test_export_folder_and_parity(model: str, checkpoints: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "models" / model
@@ -195,6 +196,7 @@ def test_open_set_can_be_left_out_and_needs_the_data(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["test_efficientnet", "test_vit"])
 def test_fp16_keeps_float32_io_and_top1(model: str, checkpoints: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "fp16"
@@ -216,6 +218,7 @@ def test_fp16_keeps_float32_io_and_top1(model: str, checkpoints: dict[str, Path]
     assert np.abs(logits - ref).max() <= TOLERANCES["fp16"].logits_rel * max(1.0, np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_accuracy_check_runs_the_test_split(checkpoints: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "acc"
     assert (
@@ -229,6 +232,7 @@ def test_accuracy_check_runs_the_test_split(checkpoints: dict[str, Path], tmp_pa
     assert "ONNX top-1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_parity_failure_exits_1_and_writes_nothing(
     checkpoints: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -257,6 +261,7 @@ def test_bad_checkpoints_exit_2_with_one_line(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_output_folder_rules(checkpoints: dict[str, Path], tmp_path: Path, capsys) -> None:
     ckpt = ["--checkpoint", str(checkpoints["test_efficientnet"])]
     a_file = tmp_path / "a_file"
@@ -284,6 +289,7 @@ def test_output_folder_rules(checkpoints: dict[str, Path], tmp_path: Path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty", "notes"]
 
 
+@pytest.mark.slow
 def test_unwritable_output_exits_2(
     checkpoints: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -302,6 +308,7 @@ def test_unwritable_output_exits_2(
     assert "cannot write to" in (err := _one_error_line(capsys)) and "Permission denied" in err
 
 
+@pytest.mark.slow
 def test_unsupported_opsets_exit_2(checkpoints: dict[str, Path], tmp_path: Path, capsys) -> None:
     assert (
         export.main(
@@ -328,6 +335,7 @@ def test_unsupported_opsets_exit_2(checkpoints: dict[str, Path], tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_model_without_checkpoint(tmp_path: Path, capsys) -> None:
     """The benchmark's path: any ClassifierModel plus CardInfo.from_model, through export_model."""
     from benchmarks import inference_speed  # the repository root is on sys.path (tests/ is a package)

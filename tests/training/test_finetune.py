@@ -21,6 +21,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return image_folder(tmp_path_factory.mktemp("colours"), {"train": 8, "val": 3, "test": 3})
 
 
+@pytest.mark.slow
 def test_run_writes_the_contracted_outputs(data_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert finetune.main(run_args(data_dir, out)) == 0
@@ -53,6 +54,7 @@ def test_run_writes_the_contracted_outputs(data_dir: Path, tmp_path: Path, capsy
     assert model(torch.randn(2, 3, 32, 32))[1].shape == (2, len(CLASSES))
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2 epochs in one go == 1 epoch, Ctrl-C, --resume for the second: the same weights."""
     straight = tmp_path / "straight"
@@ -79,6 +81,7 @@ def test_resume_continues_exactly(data_dir: Path, tmp_path: Path, monkeypatch: p
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_ctrl_c_inside_an_epoch_resumes_exactly(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,6 +109,7 @@ def test_ctrl_c_inside_an_epoch_resumes_exactly(
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", list_losses())
 def test_every_loss_trains(loss: str, data_dir: Path, tmp_path: Path) -> None:
     per_class = "0" if loss == "ce" else "2"
@@ -127,6 +131,7 @@ def test_the_loss_flags_reach_the_entry_that_takes_them(loss: str) -> None:
     assert ("beta" in cfg.loss_kwargs()) == (loss == "hscl")
 
 
+@pytest.mark.slow
 def test_yaml_config_with_flag_override(data_dir: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"dataset: imagefolder\ndata-dir: {data_dir}\nloss: ce\nlr: 0.5\nepochs: 1\n")
@@ -182,6 +187,7 @@ def test_resume_refuses_a_corrupt_or_foreign_checkpoint(data_dir: Path, tmp_path
     assert "not a CLCE training checkpoint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_maths(data_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
     assert finetune.main(run_args(data_dir, out, "--epochs", "1", "--max-steps-per-epoch", "1")) == 0
@@ -190,6 +196,7 @@ def test_resume_refuses_changed_maths(data_dir: Path, tmp_path: Path, capsys) ->
     assert "cannot change --loss when resuming" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ema_and_sgd_options(data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "ema"
     extra = (
@@ -211,6 +218,7 @@ def test_ema_and_sgd_options(data_dir: Path, tmp_path: Path) -> None:
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
 
 
+@pytest.mark.slow
 def test_chunk_size_matches_the_one_pass_run(data_dir: Path, tmp_path: Path) -> None:
     """--chunk-size (gradient caching) trains like the one-pass run: with this model's BatchNorm in
     training mode the chunks normalise by their own statistics, so close, not equal."""
@@ -225,6 +233,7 @@ def test_chunk_size_matches_the_one_pass_run(data_dir: Path, tmp_path: Path) -> 
     assert np.isfinite(first["train_loss"]) and first["train_contrastive"] > 0
 
 
+@pytest.mark.slow
 def test_channels_last_trains_like_nchw(data_dir: Path, tmp_path: Path) -> None:
     """--channels-last (the default) is a memory layout: two steps give the NCHW run's losses and
     predictions up to float rounding (weights are not compared one by one: BatchNorm biases that feed

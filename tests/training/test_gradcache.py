@@ -54,6 +54,7 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], **tol) 
         torch.testing.assert_close(a[name], b[name], msg=name, **tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", list_losses())
 @pytest.mark.parametrize("chunk_size", [3, 5, ROWS])
 def test_chunked_step_equals_the_full_batch_step(loss: str, chunk_size: int) -> None:
@@ -80,6 +81,7 @@ def _ghost_batch_reference(model: nn.Module, loss: str, images, labels, chunk_si
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["clce", "supcon"])
 def test_dropout_masks_replay_and_batchnorm_counts_once_per_chunk(loss: str) -> None:
     """Train mode with dropout, drop-path and BatchNorm: the chunked step equals the chunks run one after
@@ -111,6 +113,7 @@ def test_dropout_masks_replay_and_batchnorm_counts_once_per_chunk(loss: str) -> 
     assert abs(float(other.total.detach()) - float(out.total.detach())) > 1e-6
 
 
+@pytest.mark.slow
 def test_one_chunk_with_dropout_equals_the_plain_step() -> None:
     """chunk_size ≥ rows: two passes over the same rows draw the same masks as the one-pass step."""
     images, labels = _batch(2)
@@ -127,6 +130,7 @@ def test_one_chunk_with_dropout_equals_the_plain_step() -> None:
     _assert_same(_grads(chunked), _grads(plain), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_grad_scaler_scales_the_cache_consistently() -> None:
     """With a GradScaler the cached gradients carry the scale; unscale_ leaves the true gradient."""
     images, labels = _batch(2)
@@ -138,6 +142,7 @@ def test_grad_scaler_scales_the_cache_consistently() -> None:
     _assert_same(_grads(chunked), _grads(full), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_autocast_runs_both_passes_in_half_precision() -> None:
     """bf16 autocast (CPU): the chunked step's gradient is the full step's within bf16 accuracy."""
     images, labels = _batch(2)

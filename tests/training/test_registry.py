@@ -26,6 +26,7 @@ EXPECTED = {
 LEAVES = ("training.datasets.registry", "training.datasets.splits", "training.datasets.images")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "first_import",
     ["import training.finetune", "import training.datasets.registry", "import training.evaluate"],
