@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output-dir", type=Path, default=RESULTS / "quality")
     p.add_argument("--replot", action="store_true", help="redraw the table and plot from OUTPUT_DIR's JSON")
+    p.add_argument("--combine", nargs="+", type=Path, metavar="DIR",
+                   help="join the JSON of runs made separately (e.g. one process per suite, each on its own "
+                        "core) into OUTPUT_DIR's table, JSON and plot")  # fmt: skip
     p.add_argument(
         "--keep-runs", action="store_true", help="keep the run folders (checkpoints) in OUTPUT_DIR/runs"
     )
@@ -326,11 +329,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     name = "quality_batch_sweep" if args.batch_sweep else "quality"
     out = args.output_dir
-    if args.replot:
-        saved = json.loads((out / f"{name}.json").read_text())
+    if args.replot or args.combine:
+        if args.combine:
+            parts = [json.loads((d / f"{name}.json").read_text()) for d in args.combine]
+            saved = {**parts[0], "runs": [r for part in parts for r in part["runs"]],
+                     "header": " ".join(f"[{d.name}] {part['header']}" for d, part in zip(args.combine, parts, strict=True)),
+                     "minutes": [part["minutes"] for part in parts]}  # fmt: skip
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{name}.json").write_text(json.dumps(saved, indent=1))
+        else:
+            saved = json.loads((out / f"{name}.json").read_text())
         (out / f"{name}.md").write_text(markdown(saved["runs"], saved["header"]) + "\n")
         plot(saved["runs"], out / f"{name}.png")
-        print(f"redrew {out}/{name}.md and .png")
+        print(markdown(saved["runs"], saved["header"]))
+        print(f"wrote {out}/{name}.md and .png")
         return
     mode = "quick" if args.quick else "full" if args.full else "default"
     recipe, seeds = MODES[mode]
