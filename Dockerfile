@@ -60,8 +60,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     CLCE_DEVICE=cuda \
     CLCE_MODEL_DIR=/models \
-    CLCE_DB_URL=sqlite:////data/support_sets.sqlite3 \
-    CLCE_DB_PATH=/data/support_sets.sqlite3
+    CLCE_DB_URL=sqlite:////data/support_sets.sqlite3
 VOLUME ["/models", "/data"]
 USER clce
 WORKDIR /home/clce

@@ -32,8 +32,6 @@ KSERVE_SCHEMA = Path(__file__).parent / "schemas" / "kserve-v0.20.0-inferenceser
 VERSIONS = ["1.27", kubernetes_validate.utils.latest_version()]
 PORT = 8000  # the images' EXPOSE and CMD --port
 UID = 10001  # the images' user clce
-# Settings decided for issue 15 that serving/settings.py gains in parallel work (store, drain, logs).
-DECIDED_SETTINGS = {"CLCE_DB_URL", "CLCE_DRAIN_SECONDS", "CLCE_KEEP_SUPPORT_IMAGES", "CLCE_LOG_FORMAT"}
 
 MANIFESTS = sorted(
     p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml" and not p.name.endswith("-patch.yaml")
@@ -219,7 +217,7 @@ def test_images_run_as_the_uid_and_port_the_manifests_assume() -> None:
 def test_env_names_are_server_settings(where: str, pod: dict, container: dict) -> None:
     from serving.settings import Settings
 
-    known = {f"CLCE_{name.upper()}" for name in Settings.model_fields} | DECIDED_SETTINGS
+    known = {f"CLCE_{name.upper()}" for name in Settings.model_fields}
     names = {e["name"] for e in container["env"] if e["name"].startswith("CLCE_")}
     secret = _one(render(BASE), "Secret")
     names |= set(secret["stringData"])
