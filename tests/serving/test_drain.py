@@ -77,11 +77,14 @@ class Outcome:
 BOUNDARY = "clce-trickle"
 
 
-def _trickled_classify(seconds: float, pieces: int = 20) -> tuple[dict[str, str], AsyncIterator[bytes]]:
+def _trickled_classify(
+    seconds: float, sending: asyncio.Event, pieces: int = 20
+) -> tuple[dict[str, str], AsyncIterator[bytes]]:
     """Headers and body of a ``POST /classify`` whose multipart body arrives over ``seconds``.
 
     The request is admitted (in flight) once its headers arrive, so it is a straggler that stays in
     flight for as long as the test chooses, whatever the speed of the machine or the decoder.
+    ``sending`` is set once the headers and the first piece have gone out.
     """
     body = (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="images"; filename="slow.png"\r\n'
@@ -94,15 +97,16 @@ def _trickled_classify(seconds: float, pieces: int = 20) -> tuple[dict[str, str]
     async def chunks() -> AsyncIterator[bytes]:
         for start in range(0, len(body), step):
             yield body[start : start + step]
+            sending.set()
             await asyncio.sleep(seconds / pieces)
 
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "Content-Length": str(len(body))}
     return headers, chunks()
 
 
-async def _straggler(url: str, seconds: float, outcomes: list[Outcome]) -> None:
+async def _straggler(url: str, seconds: float, outcomes: list[Outcome], sending: asyncio.Event) -> None:
     """One trickled request (see :func:`_trickled_classify`); its outcome joins ``outcomes``."""
-    headers, content = _trickled_classify(seconds)
+    headers, content = _trickled_classify(seconds, sending)
     started = time.monotonic()
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         try:
@@ -133,9 +137,11 @@ async def _sigterm_under_load(server: Server, clients: int) -> tuple[list[Outcom
     outcomes: list[Outcome] = []
     terminated: list[float] = []
     tasks = [asyncio.create_task(_client(server.url, outcomes, terminated)) for _ in range(clients)]
-    # and one straggler still uploading when SIGTERM comes: the drain must wait for it (~3 s)
-    tasks.append(asyncio.create_task(_straggler(server.url, 4.0, outcomes)))
-    await asyncio.sleep(1.0)
+    # and one straggler still uploading when SIGTERM comes: the drain must wait for it (~5 s)
+    sending = asyncio.Event()
+    tasks.append(asyncio.create_task(_straggler(server.url, 8.0, outcomes, sending)))
+    await asyncio.wait_for(sending.wait(), 30)
+    await asyncio.sleep(2.0)
     terminated.append(time.monotonic())
     server.signal(signal.SIGTERM)
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as probe:
@@ -177,7 +183,11 @@ def test_the_drain_ends_at_clce_drain_seconds(model_dir: Path, tmp_path: Path) -
 
         async def sigterm_with_a_straggler() -> tuple[list[Outcome], float]:
             outcomes: list[Outcome] = []
-            straggler = asyncio.create_task(_straggler(server.url, 30.0, outcomes))  # uploads for 30 s
+            sending = asyncio.Event()
+            straggler = asyncio.create_task(
+                _straggler(server.url, 30.0, outcomes, sending)
+            )  # uploads for 30 s
+            await asyncio.wait_for(sending.wait(), 30)
             await asyncio.sleep(1.0)
             start = time.monotonic()
             server.signal(signal.SIGTERM)
