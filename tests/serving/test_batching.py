@@ -11,6 +11,7 @@ import pytest
 
 from serving.app import create_app
 from serving.batching import MicroBatcher
+from serving.errors import QueueFull
 from serving.metrics import Metrics
 from serving.settings import Settings
 from tests.serving.conftest import COLORS, assert_error, files, histogram, image_bytes, running
@@ -174,17 +175,34 @@ async def test_a_batch_waits_for_a_request_still_decoding() -> None:
     await batcher.start()
     try:
 
-        async def late() -> None:
-            with batcher.arriving():
-                await asyncio.sleep(0.05)  # "decoding"
-            await batcher.submit(np.ones((2, 3, 2, 2), np.float32))
+        async def request(n: int, decoding_s: float) -> None:
+            with batcher.reserve(n) as places:
+                await asyncio.sleep(decoding_s)  # "decoding"
+                await asyncio.gather(*(places.put(np.zeros((3, 2, 2), np.float32)) for _ in range(n)))
 
-        with batcher.arriving():
-            first = asyncio.create_task(batcher.submit(np.zeros((1, 3, 2, 2), np.float32)))
-            second = asyncio.create_task(late())
-            await asyncio.sleep(0)
         start = time.perf_counter()
-        await asyncio.gather(first, second)
+        await asyncio.gather(request(1, 0.0), request(2, 0.05))
         assert calls == [3] and time.perf_counter() - start < 1.0  # one batch, as soon as both were in
+    finally:
+        await batcher.stop()
+
+
+async def test_a_large_request_runs_its_first_images_while_the_rest_decode() -> None:
+    calls: list[int] = []
+    batcher = MicroBatcher(_fake_run(calls), max_batch=8, max_wait_ms=20, max_queue=8, metrics=Metrics())
+    await batcher.start()
+    try:
+        with batcher.reserve(4) as places:
+            first = [places.put(np.full((3, 2, 2), i, np.float32)) for i in range(2)]
+            done = await asyncio.wait_for(asyncio.gather(*first), 5)  # the other two are still "decoding"
+            assert calls == [2] and [float(e[0]) for e, _ in done] == [0.0, 1.0]
+            rest = await asyncio.gather(*(places.put(np.full((3, 2, 2), 7, np.float32)) for _ in range(2)))
+        assert calls == [2, 2] and all(float(e[0]) == 7 for e, _ in rest)
+        with pytest.raises(QueueFull), batcher.reserve(9):
+            pass
+        with batcher.reserve(5) as places:  # places left unused are released at the end of the block
+            await places.put(np.zeros((3, 2, 2), np.float32))
+        with batcher.reserve(8):
+            pass
     finally:
         await batcher.stop()
