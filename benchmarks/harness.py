@@ -206,6 +206,7 @@ class Server:
         stop_timeout: seconds between SIGTERM and SIGKILL when the block ends.
         process_group: start it in a new session and stop the whole process group (a server that
             starts worker processes of its own).
+        cwd: the folder it runs in (another checkout, to compare with).
     """
 
     def __init__(
@@ -216,6 +217,7 @@ class Server:
         capture: bool = True,
         stop_timeout: float = 10.0,
         process_group: bool = False,
+        cwd: Path = REPO,
     ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.stop_timeout = stop_timeout
@@ -223,7 +225,7 @@ class Server:
         self._log = tempfile.NamedTemporaryFile("w+b", suffix=".log") if capture else None  # noqa: SIM115  (closed in __exit__)
         out = {"stdout": self._log, "stderr": subprocess.STDOUT} if self._log else {}
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=process_group, **out
+            cmd, cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=process_group, **out
         )
 
     def output(self) -> str:

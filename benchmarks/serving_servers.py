@@ -22,7 +22,7 @@ import httpx
 
 from benchmarks.harness import REPO, Server, ServerError, fail, free_port, load_average
 
-SERVERS = ("clce", "clce-nobatch", "litserve", "plain")
+SERVERS = ("clce", "clce-h11", "clce-nobatch", "litserve", "plain")
 
 
 @dataclass(frozen=True)
@@ -34,42 +34,67 @@ class ServerSpec:
     ready_path: str
     env: dict[str, str]
     batches: bool  # exposes clce_batch_size on /metrics
+    code: Path = REPO  # the checkout whose code it runs (cwd and PYTHONPATH)
 
 
 def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[str, ServerSpec]:
+    """Every server :data:`SERVERS` names, for this export and these benchmark arguments.
+
+    ``clce-h11`` is the CLCE server under uvicorn with asyncio's event loop and the pure-Python h11
+    parser (what uvicorn uses without ``uvicorn[standard]``); ``args.server_code`` (default: this
+    checkout) runs the CLCE variants from another checkout, e.g. to profile an older version.
+    """
     queue = max(1024, 4 * max(args.concurrency) * args.images_per_request)
-    clce_env = {
+    code = Path(getattr(args, "server_code", None) or REPO)
+    env = {
         "CLCE_MAX_QUEUE": str(queue),
         "CLCE_API_KEY": "",
         "CLCE_MAX_FILES": str(max(160, args.images_per_request)),
+        "CLCE_MODEL_DIR": str(model_dir),
+        "CLCE_DEVICE": args.device,
     }
 
-    def clce(name: str, max_batch: int, max_wait: float) -> ServerSpec:
-        cmd = [
-            sys.executable, "-m", "serving", "--model-dir", str(model_dir), "--host", "127.0.0.1",
-            "--port", "{port}", "--device", args.device, "--max-batch", str(max_batch),
-            "--max-wait-ms", str(max_wait), "--db-path", str(db / f"{name}.sqlite3"), "--log-level", "warning",
-        ]  # fmt: skip
-        return ServerSpec(name, cmd, "/health/ready", clce_env, batches=True)
+    def clce(name: str, max_batch: int, max_wait: float, http: list[str] | None = None) -> ServerSpec:
+        where = ["--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
+        if http is None:
+            cmd = [sys.executable, "-m", "serving", *where]
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "serving.app:create_app",
+                "--factory",
+                "--no-access-log",
+                *where,
+                *http,
+            ]
+        variant = {
+            "CLCE_MAX_BATCH": str(max_batch),
+            "CLCE_MAX_WAIT_MS": str(max_wait),
+            "CLCE_DB_PATH": str(db / f"{name}.sqlite3"),
+        }
+        return ServerSpec(name, cmd, "/health/ready", {**env, **variant}, batches=True, code=code)
 
-    peers = REPO / "benchmarks" / "peers"
+    peer = REPO / "benchmarks" / "peers"
+    batching = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
     return {
         "clce": clce("clce", args.max_batch, args.max_wait_ms),
+        "clce-h11": clce(
+            "clce-h11", args.max_batch, args.max_wait_ms, ["--loop", "asyncio", "--http", "h11"]
+        ),
         "clce-nobatch": clce("clce-nobatch", 1, 0.0),
         "litserve": ServerSpec(
             "litserve",
             [
                 sys.executable,
-                str(peers / "litserve_server.py"),
+                str(peer / "litserve_server.py"),
                 "--model-dir",
                 str(model_dir),
                 "--port",
                 "{port}",
-                "--max-batch",
-                str(args.max_batch),
-                "--max-wait-ms",
-                str(args.max_wait_ms),
-            ],  # fmt: skip
+                *batching,
+            ],
             "/health",
             {},
             batches=False,
@@ -78,7 +103,7 @@ def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[st
             "plain",
             [
                 sys.executable,
-                str(peers / "plain_server.py"),
+                str(peer / "plain_server.py"),
                 "--model-dir",
                 str(model_dir),
                 "--port",
@@ -99,8 +124,8 @@ def running(spec: ServerSpec, timeout: float = 240.0) -> Iterator[tuple[int, int
     """
     port = free_port()
     cmd = [part.replace("{port}", str(port)) for part in spec.cmd]
-    env = {"PYTHONPATH": str(REPO), **spec.env}
-    with Server(cmd, port, env, capture=False, stop_timeout=20.0, process_group=True) as server:
+    env = {"PYTHONPATH": str(spec.code), **spec.env}
+    with Server(cmd, port, env, capture=False, stop_timeout=20.0, process_group=True, cwd=spec.code) as server:
         try:
             server.wait_ready(timeout, spec.ready_path)
         except ServerError as e:

@@ -28,8 +28,9 @@ No torch and no web framework, so training (datasets), the prediction CLI and se
    bounded by the output size). Then ``ToTensor`` (``/255`` in float32) and ``Normalize``. Tests pin
    all of it to ``timm.data.create_transform`` within 1e-5.
 3. **A bounded decode** for servers (:meth:`EvalTransform.decode`): an opened file is decoded with
-   Pillow's JPEG ``draft`` (DCT-domain downscale by 2, 4 or 8) where the smaller decode still covers
-   the resize target, and only the source region the crop reads is converted to RGB. Without the
+   Pillow's JPEG ``draft`` (DCT-domain downscale by 2, 4 or 8) where the smaller decode is still at
+   least :data:`DRAFT_HEADROOM` times the resize target, and only the source region the crop reads
+   is converted to RGB. Without the
    draft (``draft=False``, or where no downscale fits) the result is exactly the transform of
    :func:`load_image`'s image.
 """
@@ -81,6 +82,10 @@ RESAMPLE: dict[str, Image.Resampling] = {
 }
 CROP_MODES = ("center", "squash", "border")
 DEFAULT_CROP_PCT = 0.875  # timm's, used when a card has crop_pct null or 0
+#: A JPEG is decoded at reduced DCT scale only down to this many times the resize target: at 1x
+#: (the smallest decode that covers it) a 512 px photo's lite0 embedding moved to cosine 0.990 of
+#: the full decode's, at 2x it is decoded whole (benchmarks/draft_effect.py, docs/serving.md).
+DRAFT_HEADROOM = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -235,12 +240,13 @@ class EvalTransform:
 
     # ------------------------------------------------------------------------------ bounded decode
 
-    def draft(self, image: Image.Image) -> tuple[int, int]:
-        """Ask an opened, not yet decoded JPEG for the smallest DCT-scaled decode that covers the resize.
+    def draft(self, image: Image.Image, headroom: int = DRAFT_HEADROOM) -> tuple[int, int]:
+        """Ask an opened, not yet decoded JPEG for a smaller DCT-domain decode that still covers the resize.
 
-        Pillow's ``draft`` decodes at 1/2, 1/4 or 1/8 scale in the DCT domain; the scale chosen is
-        the largest whose decode is still at least the resize target on both sides (in the
-        image's EXIF orientation). Other formats, and JPEGs no downscale fits, are left as they are.
+        Pillow's ``draft`` decodes at 1/2, 1/4 or 1/8 scale; the scale chosen is the smallest whose
+        decode is still at least ``headroom`` times the resize target on both sides (in the image's
+        EXIF orientation), so the eval transform's own filter still does the last step of the
+        downscale. Other formats, and JPEGs no downscale fits, are left as they are.
 
         Returns:
             ``(width, height)`` of the decode that ``load()`` will now produce (as stored).
@@ -249,12 +255,12 @@ class EvalTransform:
             return image.size
         width, height = image.size
         swap = orientation(image) in SWAPPING_ORIENTATIONS
-        upright = (height, width) if swap else (width, height)
-        target_w, target_h = self.resized_size(*upright)
+        target_w, target_h = self.resized_size(*((height, width) if swap else (width, height)))
         if swap:
             target_w, target_h = target_h, target_w
-        if min(width // target_w, height // target_h) >= 2:
-            image.draft(image.mode, (target_w, target_h))
+        cover = (headroom * target_w, headroom * target_h)
+        if min(width // cover[0], height // cover[1]) >= 2:
+            image.draft(image.mode, cover)
         return image.size
 
     def decode(self, image: Image.Image, *, draft: bool = True) -> np.ndarray:
@@ -277,5 +283,5 @@ class EvalTransform:
             box = window.source_region(self.resample)
             if box != (0, 0, *image.size):
                 region, origin = image.crop(box), box[:2]
-        rgb = to_rgb(region)
+        rgb = region if region.mode == "RGB" and "transparency" not in region.info else to_rgb(region)
         return np.asarray(render(rgb, window, self.resample, self.fill, origin), dtype=np.uint8)

@@ -253,26 +253,31 @@ def test_work_is_bounded_by_the_output_whatever_the_shape() -> None:
 
 
 def test_draft_decodes_a_large_jpeg_smaller_and_close() -> None:
+    # decoded at 1/8 in the DCT domain, then resized: close to the full decode, not equal
     transform = EvalTransform((3, 32, 32), "bicubic", 0.875, "center", MEAN, STD)
     data = _jpeg(1200, 900)
     with open_image(data) as image:
-        assert transform.draft(image) == (150, 113)  # 1/8 still covers the 48 x 36 resize
+        assert transform.draft(image) == (150, 113)  # 1/8 is still twice the 48 x 36 resize
         drafted = transform.decode(image)
     with open_image(data) as image:
         full = transform.decode(image, draft=False)
     assert np.array_equal(full, transform.to_uint8(load_image(data)))
     diff = np.abs(drafted.astype(np.int16) - full.astype(np.int16))
     assert 0 < diff.mean() < 4 and diff.max() < 64, (diff.mean(), diff.max())
+    within = _jpeg(190, 140)  # resized to 48 x 36: less than twice that, so decoded whole, exactly
+    with open_image(within) as image:
+        assert transform.draft(image) == (190, 140)
+        assert np.array_equal(transform.decode(image), transform.to_uint8(load_image(within)))
 
 
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_draft_covers_the_target_in_the_upright_orientation(orientation: int) -> None:
-    transform = EvalTransform((3, 64, 64), "bilinear", 1.0, "squash", MEAN, STD)
-    data = _jpeg(800, 200, orientation)  # upright: 800 x 200, or 200 x 800 when turned
+    transform = EvalTransform((3, 64, 64), "bilinear", 1.0, "center", MEAN, STD)
+    data = _jpeg(1600, 400, orientation)  # upright: 1600 x 400, or 400 x 1600 when turned
     with open_image(data) as image:
-        # stored 800 x 200 must stay >= the 64 x 64 target on both sides: 1/2 (400 x 100) fits,
-        # 1/4 (200 x 50) does not
-        assert transform.draft(image) == (400, 100)
+        # either way the resize target is 256 x 64 as stored; twice that fits in 1/2 (800 x 200),
+        # not in 1/4 (a target taken unturned, 64 x 256, would allow no draft at all)
+        assert transform.draft(image) == (800, 200)
         out = transform.decode(image)
     assert out.shape == (64, 64, 3)
     with open_image(_encode(Image.fromarray(_photo(40, 40)), "PNG")) as png:
