@@ -91,42 +91,46 @@ async def drive(
     """
     point = Point(concurrency)
     issued = 0
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = [
+        await asyncio.open_connection(host, port) for _ in range(concurrency)
+    ]  # opened once: the warm-up and the measurement use the same keep-alive connections
 
-    async def worker(stop_at: float, count: int) -> None:
+    async def worker(slot: int, stop_at: float, count: int) -> None:
         nonlocal issued
-        reader = writer = None
-        try:
-            while issued < count and time.perf_counter() < stop_at:
-                raw = requests[issued % len(requests)]
-                issued += 1
-                if writer is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                start = time.perf_counter()
-                try:
-                    writer.write(raw)
-                    status, keep_alive = await _read_response(reader)  # type: ignore[arg-type]
-                except (OSError, asyncio.IncompleteReadError, ValueError) as e:
-                    point.errors[type(e).__name__] = point.errors.get(type(e).__name__, 0) + 1
-                    writer.close()
-                    reader = writer = None
-                    continue
-                if status == 200:
-                    point.latencies.append(time.perf_counter() - start)
-                else:
-                    point.errors[str(status)] = point.errors.get(str(status), 0) + 1
-                if not keep_alive:
-                    writer.close()
-                    reader = writer = None
-        finally:
-            if writer is not None:
+        while issued < count and time.perf_counter() < stop_at:
+            raw = requests[issued % len(requests)]
+            issued += 1
+            if connections[slot] is None:
+                connections[slot] = await asyncio.open_connection(host, port)
+            reader, writer = connections[slot]  # type: ignore[misc]
+            start = time.perf_counter()
+            try:
+                writer.write(raw)
+                status, keep_alive = await _read_response(reader)
+            except (OSError, asyncio.IncompleteReadError, ValueError) as e:
+                point.errors[type(e).__name__] = point.errors.get(type(e).__name__, 0) + 1
                 writer.close()
+                connections[slot] = None
+                continue
+            if status == 200:
+                point.latencies.append(time.perf_counter() - start)
+            else:
+                point.errors[str(status)] = point.errors.get(str(status), 0) + 1
+            if not keep_alive:
+                writer.close()
+                connections[slot] = None
 
-    warm = 2 * concurrency
-    await asyncio.gather(*(worker(time.perf_counter() + 120, warm) for _ in range(concurrency)))
-    point.latencies.clear()
-    point.errors.clear()
-    issued = 0
-    start, cpu_start = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(worker(start + max_seconds, n_requests) for _ in range(concurrency)))
-    point.seconds, point.client_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    try:
+        warm = 2 * concurrency
+        await asyncio.gather(*(worker(i, time.perf_counter() + 120, warm) for i in range(concurrency)))
+        point.latencies.clear()
+        point.errors.clear()
+        issued = 0
+        start, cpu_start = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(worker(i, start + max_seconds, n_requests) for i in range(concurrency)))
+        point.seconds, point.client_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    finally:
+        for connection in connections:
+            if connection is not None:
+                connection[1].close()
     return point

@@ -7,7 +7,9 @@ Servers (``--servers``), each on the same export and 127.0.0.1 (loopback only), 
 own process and stopped when measured:
 
 - ``clce``: ``python -m serving`` with batching (``--max-batch``, ``--max-wait-ms``);
-- ``clce-nobatch``: the same with ``max_batch`` 1 (not in the default list);
+- ``clce-nobatch``: the same with ``max_batch`` 1; ``clce-h11``: the same under uvicorn with asyncio
+  and h11 instead of uvloop and httptools; ``baseline``: ``clce-h11`` from ``--baseline-code``
+  (another checkout, e.g. main before a change) (none of the three in the default list);
 - ``litserve``: LitServe with its dynamic batching, same batch size and wait
   (benchmarks/peers/litserve_server.py);
 - ``plain``: a hand-written FastAPI + onnxruntime server without batching
@@ -118,6 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--export-to", help="without --model-dir: keep the built export in this folder")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--servers", nargs="+", choices=SERVERS, default=["clce", "litserve", "plain"])
+    p.add_argument("--baseline-code", help="checkout the `baseline` server runs (e.g. a worktree of main)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (the table gives medians)")
     p.add_argument(

@@ -22,7 +22,7 @@ import httpx
 
 from benchmarks.harness import REPO, Server, ServerError, fail, free_port, load_average
 
-SERVERS = ("clce", "clce-h11", "clce-nobatch", "litserve", "plain")
+SERVERS = ("clce", "clce-h11", "clce-nobatch", "baseline", "litserve", "plain")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,8 @@ def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[st
 
     ``clce-h11`` is the CLCE server under uvicorn with asyncio's event loop and the pure-Python h11
     parser (what uvicorn uses without ``uvicorn[standard]``); ``args.server_code`` (default: this
-    checkout) runs the CLCE variants from another checkout, e.g. to profile an older version.
+    checkout) runs the CLCE variants from another checkout, e.g. to profile an older version;
+    ``baseline`` is ``clce-h11`` from ``args.baseline_code`` (e.g. the main branch before a change).
     """
     queue = max(1024, 4 * max(args.concurrency) * args.images_per_request)
     code = Path(getattr(args, "server_code", None) or REPO)
@@ -54,7 +55,9 @@ def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[st
         "CLCE_DEVICE": args.device,
     }
 
-    def clce(name: str, max_batch: int, max_wait: float, http: list[str] | None = None) -> ServerSpec:
+    def clce(
+        name: str, max_batch: int, max_wait: float, http: list[str] | None = None, where_code: Path = code
+    ) -> ServerSpec:
         where = ["--host", "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
         if http is None:
             cmd = [sys.executable, "-m", "serving", *where]
@@ -74,11 +77,14 @@ def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[st
             "CLCE_MAX_WAIT_MS": str(max_wait),
             "CLCE_DB_PATH": str(db / f"{name}.sqlite3"),
         }
-        return ServerSpec(name, cmd, "/health/ready", {**env, **variant}, batches=True, code=code)
+        return ServerSpec(name, cmd, "/health/ready", {**env, **variant}, batches=True, code=where_code)
 
     peer = REPO / "benchmarks" / "peers"
     batching = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    h11 = ["--loop", "asyncio", "--http", "h11"]
+    baseline = Path(getattr(args, "baseline_code", None) or REPO)
     return {
+        "baseline": clce("baseline", args.max_batch, args.max_wait_ms, h11, baseline),
         "clce": clce("clce", args.max_batch, args.max_wait_ms),
         "clce-h11": clce(
             "clce-h11", args.max_batch, args.max_wait_ms, ["--loop", "asyncio", "--http", "h11"]
