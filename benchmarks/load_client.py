@@ -95,29 +95,40 @@ async def drive(
         await asyncio.open_connection(host, port) for _ in range(concurrency)
     ]  # opened once: the warm-up and the measurement use the same keep-alive connections
 
+    async def send(slot: int, raw: bytes) -> tuple[int, bool]:
+        """One request on the slot's connection; a connection the server closed while idle (its
+        keep-alive timeout: uvicorn's is 5 s) is reopened and the request sent again, once."""
+        for attempt in (0, 1):
+            if connections[slot] is None:
+                connections[slot] = await asyncio.open_connection(host, port)
+            reader, writer = connections[slot]  # type: ignore[misc]
+            try:
+                writer.write(raw)
+                return await _read_response(reader)
+            except (OSError, asyncio.IncompleteReadError) as e:
+                writer.close()
+                connections[slot] = None
+                if attempt or (isinstance(e, asyncio.IncompleteReadError) and e.partial):
+                    raise
+        raise AssertionError("unreachable")
+
     async def worker(slot: int, stop_at: float, count: int) -> None:
         nonlocal issued
         while issued < count and time.perf_counter() < stop_at:
             raw = requests[issued % len(requests)]
             issued += 1
-            if connections[slot] is None:
-                connections[slot] = await asyncio.open_connection(host, port)
-            reader, writer = connections[slot]  # type: ignore[misc]
             start = time.perf_counter()
             try:
-                writer.write(raw)
-                status, keep_alive = await _read_response(reader)
+                status, keep_alive = await send(slot, raw)
             except (OSError, asyncio.IncompleteReadError, ValueError) as e:
                 point.errors[type(e).__name__] = point.errors.get(type(e).__name__, 0) + 1
-                writer.close()
-                connections[slot] = None
                 continue
             if status == 200:
                 point.latencies.append(time.perf_counter() - start)
             else:
                 point.errors[str(status)] = point.errors.get(str(status), 0) + 1
             if not keep_alive:
-                writer.close()
+                connections[slot][1].close()  # type: ignore[index]
                 connections[slot] = None
 
     try:
