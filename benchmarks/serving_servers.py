@@ -62,16 +62,8 @@ def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[st
         if http is None:
             cmd = [sys.executable, "-m", "serving", *where]
         else:
-            cmd = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "serving.app:create_app",
-                "--factory",
-                "--no-access-log",
-                *where,
-                *http,
-            ]
+            factory = ["uvicorn", "serving.app:create_app", "--factory", "--no-access-log"]
+            cmd = [sys.executable, "-m", *factory, *where, *http]
         variant = {
             "CLCE_MAX_BATCH": str(max_batch),
             "CLCE_MAX_WAIT_MS": str(max_wait),
@@ -79,46 +71,22 @@ def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[st
         }
         return ServerSpec(name, cmd, "/health/ready", {**env, **variant}, batches=True, code=where_code)
 
-    peer = REPO / "benchmarks" / "peers"
-    batching = ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)]
+    def peer(name: str, *extra: str) -> ServerSpec:
+        script = REPO / "benchmarks" / "peers" / f"{name}_server.py"
+        cmd = [sys.executable, str(script), "--model-dir", str(model_dir), "--port", "{port}", *extra]
+        return ServerSpec(name, cmd, "/health", {}, batches=False)
+
     h11 = ["--loop", "asyncio", "--http", "h11"]
     baseline = Path(getattr(args, "baseline_code", None) or REPO)
     return {
         "baseline": clce("baseline", args.max_batch, args.max_wait_ms, h11, baseline),
         "clce": clce("clce", args.max_batch, args.max_wait_ms),
-        "clce-h11": clce(
-            "clce-h11", args.max_batch, args.max_wait_ms, ["--loop", "asyncio", "--http", "h11"]
-        ),
+        "clce-h11": clce("clce-h11", args.max_batch, args.max_wait_ms, h11),
         "clce-nobatch": clce("clce-nobatch", 1, 0.0),
-        "litserve": ServerSpec(
-            "litserve",
-            [
-                sys.executable,
-                str(peer / "litserve_server.py"),
-                "--model-dir",
-                str(model_dir),
-                "--port",
-                "{port}",
-                *batching,
-            ],
-            "/health",
-            {},
-            batches=False,
+        "litserve": peer(
+            "litserve", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)
         ),
-        "plain": ServerSpec(
-            "plain",
-            [
-                sys.executable,
-                str(peer / "plain_server.py"),
-                "--model-dir",
-                str(model_dir),
-                "--port",
-                "{port}",
-            ],
-            "/health",
-            {},
-            batches=False,
-        ),
+        "plain": peer("plain"),
     }
 
 

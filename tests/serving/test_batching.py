@@ -21,6 +21,18 @@ pytestmark = pytest.mark.anyio
 ORDER = ["red", "green", "blue"]
 
 
+def _slow_down(batcher: MicroBatcher, monkeypatch: pytest.MonkeyPatch, seconds: float) -> Callable:
+    """Make every model call take ``seconds`` longer; returns the original run function."""
+    original = batcher._run
+
+    def slow_run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(seconds)
+        return original(x)
+
+    monkeypatch.setattr(batcher, "_run", slow_run)
+    return original
+
+
 async def _classify(client, color: str):  # type: ignore[no-untyped-def]
     return await client.post("/classify", files=files("images", (f"{color}.png", image_bytes(color))))
 
@@ -66,13 +78,7 @@ async def test_full_queue_answers_429_with_retry_after(
     app = create_app(make_settings(max_batch=1, max_wait_ms=0, max_queue=2, max_files=2, warmup=False))
     async with running(app) as client:
         batcher = app.state.service.batcher
-        original = batcher._run
-
-        def slow_run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            time.sleep(0.2)
-            return original(x)
-
-        monkeypatch.setattr(batcher, "_run", slow_run)
+        original = _slow_down(batcher, monkeypatch, 0.2)
         responses = await asyncio.gather(*(_classify(client, "red") for _ in range(8)))
         statuses = sorted(r.status_code for r in responses)
         assert 200 in statuses and 429 in statuses and set(statuses) == {200, 429}, statuses
@@ -215,14 +221,7 @@ async def test_more_concurrent_requests_never_mean_smaller_batches(
     # 30 ms, requests that arrive during a call must join the next batch, however many there are.
     app = create_app(make_settings(max_batch=32, max_wait_ms=5, max_queue=256, warmup=False))
     async with running(app) as client:
-        batcher = app.state.service.batcher
-        original = batcher._run
-
-        def slow_run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            time.sleep(0.03)
-            return original(x)
-
-        monkeypatch.setattr(batcher, "_run", slow_run)
+        _slow_down(app.state.service.batcher, monkeypatch, 0.03)
         means = {}
         for concurrency in (32, 64):
             before = histogram((await client.get("/metrics")).text, "clce_batch_size")
