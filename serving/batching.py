@@ -85,10 +85,10 @@ class MicroBatcher:
     """Merge the images of concurrent requests into batched calls of ``run`` (see the module doc).
 
     Args:
-        run: Blocking ``run(x (N, 3, H, W)) -> (embedding (N, D), logits (N, C))``.
+        run: Blocking ``run(pixels (N, H, W, 3) uint8) -> (embedding (N, D), logits (N, C))``.
         max_batch: Most images per call.
         max_wait_ms: How long the oldest queued image waits for more to join it.
-        max_queue: Most images waiting; beyond that :meth:`submit` raises ``QueueFull``.
+        max_queue: Most images queued or reserved; beyond that :meth:`reserve` raises ``QueueFull``.
         metrics: Where batch sizes, queue depth and call durations are recorded.
     """
 
