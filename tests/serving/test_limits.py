@@ -166,5 +166,6 @@ def test_extreme_aspect_ratios_are_served_within_bounded_memory(tmp_path: Path) 
     for name in ("1x39000000", "1x1000000", "4 x 1x100000", "100000x1"):
         status, seconds, body = out[name]
         assert status == 200, (name, body)
-    # the 39,000,000-row PNG itself decodes to 39 MB; nothing scales with the resize timm would do
-    assert out["max_rss_mb"] < 1500, out
+    # nothing scales with the resize timm would do (main: MemoryError under the 6 GiB cap). A
+    # 1 x 39,000,000 Pillow image is ~350 MB (a pointer per row), here built once and decoded once
+    assert out["max_rss_mb"] < 3000, out
