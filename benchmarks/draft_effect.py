@@ -1,6 +1,6 @@
 """What JPEG ``draft`` decoding changes: model input and embedding, against the full decode, on real photos.
 
-    python benchmarks/draft_effect.py --model-dir models/NAME     # default: build tf_efficientnet_lite0
+    python -m benchmarks.draft_effect --model-dir models/NAME     # default: build tf_efficientnet_lite0
 
 The server decodes a JPEG at the smallest DCT scale (1/2, 1/4, 1/8) that still covers the model's
 resize target (``EvalTransform.draft``); the full decode followed by the same resize is what timm's
@@ -24,16 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.serving_setup import load_jpegs, model_folder  # noqa: E402
+from benchmarks.harness import RESULTS
+from benchmarks.serving_setup import load_jpegs, model_folder
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", help="export folder; default: build tf_efficientnet_lite0 (needs torch)")
-    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "draft_effect.json")
+    p.add_argument("--output", type=Path, default=RESULTS / "draft_effect.json")
     args = p.parse_args(argv)
 
     from clce_core.export_folder import read_card

@@ -1,6 +1,6 @@
 """The float work in the graph or in numpy: the composed uint8 encoder against the exported float32 one.
 
-    python benchmarks/pixel_graph_speed.py --model-dir models/NAME     # default: build tf_efficientnet_lite0
+    python -m benchmarks.pixel_graph_speed --model-dir models/NAME     # default: build tf_efficientnet_lite0
 
 Times, interleaved over ``--rounds`` rounds (median per call), at batch 1 and ``--batch``:
 
@@ -25,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.peers.plain_server import session_options  # noqa: E402
-from benchmarks.serving_setup import load_jpegs, model_folder  # noqa: E402
+from benchmarks.harness import RESULTS
+from benchmarks.peers.plain_server import session_options
+from benchmarks.serving_setup import load_jpegs, model_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", help="export folder; default: build tf_efficientnet_lite0 (needs torch)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "pixel_graph_speed.json")
+    p.add_argument("--output", type=Path, default=RESULTS / "pixel_graph_speed.json")
     args = p.parse_args(argv)
 
     import onnxruntime as ort

@@ -1,7 +1,7 @@
 """Profile a server under load with py-spy: the frames that take its time, by own time.
 
-    python benchmarks/serving_profile.py --model-dir models/NAME                 # the CLCE server, c = 32
-    python benchmarks/serving_profile.py --model-dir models/NAME --server clce-h11 --server-code ../main
+    python -m benchmarks.serving_profile --model-dir models/NAME                 # the CLCE server, c = 32
+    python -m benchmarks.serving_profile --model-dir models/NAME --server clce-h11 --server-code ../main
 
 Starts one server of benchmarks/serving_servers.py (``--server``; ``--server-code`` runs the CLCE
 variants from another checkout, e.g. an older version), drives it with the benchmark's client at
@@ -27,12 +27,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.load_client import drive, multipart_request  # noqa: E402
-from benchmarks.serving_servers import SERVERS, load_average, running, server_specs  # noqa: E402
-from benchmarks.serving_setup import load_jpegs, model_folder  # noqa: E402
+from benchmarks.harness import REPO, RESULTS
+from benchmarks.load_client import drive, multipart_request
+from benchmarks.serving_servers import SERVERS, load_average, running, server_specs
+from benchmarks.serving_setup import load_jpegs, model_folder
 
 
 def own_time(raw: str) -> tuple[Counter[str], int]:
@@ -64,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "serving_profile.json")
+    p.add_argument("--output", type=Path, default=RESULTS / "serving_profile.json")
     args = p.parse_args(argv)
     args.images_per_request = 1
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
