@@ -63,7 +63,9 @@ async def test_batching_off_runs_one_image_per_call(make_settings: Callable[...,
 async def test_a_large_request_is_split_and_reassembled_in_order(
     make_settings: Callable[..., Settings],
 ) -> None:
-    app = create_app(make_settings(max_batch=4, max_wait_ms=1, max_files=16, max_queue=16))
+    # images join the queue as they are decoded: a batch waits up to 500 ms to fill, so a loaded
+    # machine decoding slowly still gives 4 + 4 + 2
+    app = create_app(make_settings(max_batch=4, max_wait_ms=500, max_files=16, max_queue=16))
     async with running(app) as client:
         colors = [ORDER[i % 3] for i in range(10)]
         r = await client.post("/classify", files=files("images", *(image_bytes(c) for c in colors)))
