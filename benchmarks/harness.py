@@ -204,6 +204,9 @@ class Server:
         env: variables set on top of this process's environment.
         capture: keep the output in a file (True) or let it through (False).
         stop_timeout: seconds between SIGTERM and SIGKILL when the block ends.
+        process_group: start it in a new session and stop the whole process group (a server that
+            starts worker processes of its own).
+        cwd: the folder it runs in (another checkout, to compare with).
     """
 
     def __init__(
@@ -213,12 +216,17 @@ class Server:
         env: dict[str, str] | None = None,
         capture: bool = True,
         stop_timeout: float = 10.0,
+        process_group: bool = False,
+        cwd: Path = REPO,
     ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.stop_timeout = stop_timeout
+        self.process_group = process_group
         self._log = tempfile.NamedTemporaryFile("w+b", suffix=".log") if capture else None  # noqa: SIM115  (closed in __exit__)
         out = {"stdout": self._log, "stderr": subprocess.STDOUT} if self._log else {}
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})}, **out)
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=process_group, **out
+        )
 
     def output(self) -> str:
         """Everything the process wrote so far (empty without ``capture``)."""
@@ -256,7 +264,12 @@ class Server:
         return self.output()[-3000:] if self._log else "(its output is above)"
 
     def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
+        """Send ``signum`` to the server (to its whole process group with ``process_group``)."""
+        if self.process_group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signum)
+        else:
+            self.proc.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
         """The exit code, waiting at most ``timeout`` seconds (``subprocess.TimeoutExpired`` after)."""
@@ -268,12 +281,12 @@ class Server:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None or self.process_group:  # a group may outlive its leader
+            self.signal(signal.SIGTERM)
             try:
                 self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.signal(signal.SIGKILL)
                 self.proc.wait()
         if self._log:
             self._log.close()

@@ -83,7 +83,9 @@ def run_images(
 ) -> list[Prediction]:
     out: list[Prediction] = []
     for start in range(0, len(images), batch):
-        pixels = np.stack([card.preprocess(im) for im in images[start : start + batch]])  # (B, 3, H, W)
+        pixels = np.stack(
+            [card.preprocess.to_uint8(im) for im in images[start : start + batch]]
+        )  # (B, H, W, 3) uint8
         embedding, logits = runtime.run(pixels)
         out += predict(card, embedding, logits, 1, threshold)
     return out

@@ -2,10 +2,10 @@
 
 No torch and no web framework, so training (datasets), the prediction CLI and serving share it:
 
-1. **The loading rule** (CONTRACTS "Images"): apply the EXIF orientation, composite transparency on
-   white, convert to RGB (grey repeated to three channels, 16-bit grey scaled to 8 bits).
-   :func:`load_image` opens a path, file object or bytes (optionally only some formats, and with a
-   pixel limit checked before decoding: serving's upload decoder is built on it);
+1. **The loading rule** (CONTRACTS "Images"; in :mod:`clce_core.loading`, re-exported here): apply
+   the EXIF orientation, composite transparency on white, convert to RGB (grey repeated to three
+   channels, 16-bit grey scaled to 8 bits). :func:`load_image` opens a path, file object or bytes
+   (optionally only some formats, and with a pixel limit checked before decoding);
    :func:`upright_rgb` applies the rule to an image already opened; :func:`array_to_rgb` converts
    the uint8 arrays of CIFAR / Fashion-MNIST.
 2. **timm's eval transform** of a model (:class:`EvalTransform`, from its model card or timm data
@@ -19,24 +19,44 @@ No torch and no web framework, so training (datasets), the prediction CLI and se
      is larger).
    * ``squash``: resize straight to ``scale_size``, then ``CenterCrop``.
    * ``border``: ``ResizeKeepRatio(longest=1)`` (the larger ratio), then timm's ``CenterCropOrPad``
-     padding with the mean colour ``round(255 * mean)``.
+     padding with the mean colour ``round(255 * mean)``. A side that would round to 0 pixels (an
+     aspect ratio beyond ``scale_size : 0.5``, where timm fails) is kept at 1.
 
    Every resize is PIL's ``Image.resize`` with the filter named by ``interpolation`` (torchvision's
-   ``pil_modes_mapping``), skipped when the size already matches. Then ``ToTensor`` (``/255`` in
-   float32) and ``Normalize``. Tests pin all of it to ``timm.data.create_transform`` within 1e-5.
+   ``pil_modes_mapping``), skipped when the size already matches; only the region the crop keeps is
+   resampled (:mod:`clce_core.crop_window`: the same filter taps, so the same pixels, with work
+   bounded by the output size). Then ``ToTensor`` (``/255`` in float32) and ``Normalize``. Tests pin
+   all of it to ``timm.data.create_transform`` within 1e-5.
+3. **A bounded decode** for servers (:meth:`EvalTransform.decode`): an opened file is decoded with
+   Pillow's JPEG ``draft`` (DCT-domain downscale by 2, 4 or 8) where the smaller decode is still at
+   least :data:`DRAFT_HEADROOM` times the resize target, and only the source region the crop reads
+   is converted to RGB. Without the
+   draft (``draft=False``, or where no downscale fits) the result is exactly the transform of
+   :func:`load_image`'s image.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from clce_core.crop_window import CropWindow, crop_window, render
+from clce_core.loading import (
+    SWAPPING_ORIENTATIONS,
+    TooManyPixels,
+    array_to_rgb,
+    load_image,
+    open_image,
+    orient,
+    orientation,
+    to_rgb,
+    upright_rgb,
+)
 
 __all__ = [
     "CROP_MODES",
@@ -45,8 +65,8 @@ __all__ = [
     "EvalTransform",
     "TooManyPixels",
     "array_to_rgb",
-    "center_crop_or_pad",
     "load_image",
+    "open_image",
     "to_rgb",
     "upright_rgb",
 ]
@@ -62,94 +82,12 @@ RESAMPLE: dict[str, Image.Resampling] = {
 }
 CROP_MODES = ("center", "squash", "border")
 DEFAULT_CROP_PCT = 0.875  # timm's, used when a card has crop_pct null or 0
+#: A JPEG is decoded at reduced DCT scale only down to this many times the resize target: at 1x
+#: (the smallest decode that covers it) a 512 px photo's lite0 embedding moved to cosine 0.990 of
+#: the full decode's, at 2x it is decoded whole (benchmarks/draft_effect.py, docs/serving.md).
+DRAFT_HEADROOM = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# ------------------------------------------------------------------------------------ loading rule
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL image -> RGB: transparency composited on white, grey repeated to 3 channels.
-
-    16-bit grey (``I;16``, or ``I`` / ``F`` with values above 255) is scaled to 8 bits. Always returns
-    a new image.
-    """
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr * (255.0 / 65535.0)
-        image = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def upright_rgb(image: Image.Image) -> Image.Image:
-    """The loading rule on an opened image: EXIF orientation applied, then :func:`to_rgb` (a new image).
-
-    Malformed EXIF is ignored (nothing trustworthy to apply; the pixels are kept as stored).
-    """
-    try:
-        oriented = ImageOps.exif_transpose(image)
-    except Exception:  # Pillow raises assorted errors on broken EXIF blocks
-        oriented = image
-    return to_rgb(oriented)
-
-
-class TooManyPixels(ValueError):
-    """An image's header gives more pixels than the caller's limit (it was not decoded).
-
-    Attributes:
-        size: ``(width, height)`` from the header.
-        max_pixels: The limit.
-    """
-
-    def __init__(self, size: tuple[int, int], max_pixels: int) -> None:
-        self.size, self.max_pixels = size, max_pixels
-        w, h = size
-        super().__init__(f"{w}x{h} = {w * h} pixels, more than the limit of {max_pixels}")
-
-
-def load_image(
-    src: str | os.PathLike[str] | BinaryIO | bytes,
-    *,
-    formats: Sequence[str] | None = None,
-    max_pixels: int | None = None,
-) -> Image.Image:
-    """Open an image file (path, binary file object or bytes) the one way: EXIF-oriented RGB.
-
-    The decode is complete (a truncated file fails here, not later) and, with ``max_pixels``,
-    bounded: the size is checked from the header before any pixel is decoded.
-
-    Args:
-        src: The file.
-        formats: Pillow format names to accept (e.g. ``("JPEG", "PNG")``); None: any Pillow reads.
-        max_pixels: Most ``width * height`` accepted; None: only Pillow's own decompression-bomb limit.
-
-    Raises:
-        PIL.UnidentifiedImageError: not an image (or not in ``formats``).
-        PIL.Image.DecompressionBombError: beyond Pillow's own limit.
-        TooManyPixels: beyond ``max_pixels``.
-        OSError / ValueError: an unreadable, truncated or corrupt file, or one without pixels.
-    """
-    if isinstance(src, (bytes, bytearray)):
-        src = io.BytesIO(src)
-    with Image.open(src, formats=formats) as image:
-        width, height = image.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise TooManyPixels((width, height), max_pixels)
-        if width < 1 or height < 1:
-            raise ValueError(f"the image has no pixels ({width}x{height})")
-        image.load()
-        return upright_rgb(image)
-
-
-def array_to_rgb(array: np.ndarray) -> Image.Image:
-    """uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB array -> PIL RGB image."""
-    return Image.fromarray(np.ascontiguousarray(array)).convert("RGB")
 
 
 # ---------------------------------------------------------------------------------- eval transform
@@ -236,15 +174,53 @@ class EvalTransform:
         # timm ResizeKeepRatio: longest=0 (center) matches the shorter side, longest=1 (border) the longer
         ratio_h, ratio_w = height / scale_h, width / scale_w
         ratio = max(ratio_h, ratio_w) if self.crop_mode == "border" else min(ratio_h, ratio_w)
-        return round(width / ratio), round(height / ratio)
+        return max(1, round(width / ratio)), max(1, round(height / ratio))
+
+    def window(self, width: int, height: int) -> CropWindow:
+        """What the crop keeps of a ``width`` x ``height`` image after the resize step."""
+        _, crop_h, crop_w = self.input_size
+        return crop_window((width, height), self.resized_size(width, height), (crop_w, crop_h))
+
+    @property
+    def resample(self) -> Image.Resampling:
+        """The PIL filter of ``interpolation``."""
+        return RESAMPLE[self.interpolation]
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        """The padding colour: the mean colour for ``border``, else black (torchvision's zero padding)."""
+        if self.crop_mode == "border":
+            return tuple(round(255 * v) for v in self.mean)  # type: ignore[return-value]
+        return (0, 0, 0)
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
-        """The geometric part: resize, then centre crop (or pad) to ``input_size``; an RGB image."""
-        size = self.resized_size(*image.size)
-        if size != image.size:
-            image = image.resize(size, RESAMPLE[self.interpolation])
-        fill = tuple(round(255 * v) for v in self.mean) if self.crop_mode == "border" else (0, 0, 0)
-        return center_crop_or_pad(image, self.input_size[1], self.input_size[2], fill)
+        """The geometric part: resize, then centre crop (or pad) to ``input_size``; a new image.
+
+        Only the region the crop keeps is resampled (:func:`clce_core.crop_window.render`).
+        """
+        return render(image, self.window(*image.size), self.resample, self.fill)
+
+    def to_uint8(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> ``(H, W, 3)`` uint8: the geometric part as pixels, before ``/255`` and Normalize.
+
+        Raises:
+            ValueError: the image is not RGB (apply :func:`load_image` / :func:`to_rgb` first).
+        """
+        if image.mode != "RGB":
+            raise ValueError(f"EvalTransform needs an RGB image, got mode {image.mode}; use to_rgb first")
+        return np.asarray(self.resize_and_crop(image), dtype=np.uint8)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """``(..., H, W, 3)`` uint8 -> ``(..., 3, H, W)`` float32: ``(x / 255 - mean) / std``, C-contiguous.
+
+        In place, in torchvision's order and float32 arithmetic (``ToTensor`` then ``Normalize``);
+        serving runs the same operations inside the ONNX graph (:mod:`serving.pixel_graph`).
+        """
+        x = np.moveaxis(pixels, -1, -3).astype(np.float32, order="C")  # (..., 3, H, W)
+        np.divide(x, np.float32(255.0), out=x)
+        np.subtract(x, np.asarray(self.mean, dtype=np.float32)[:, None, None], out=x)
+        np.divide(x, np.asarray(self.std, dtype=np.float32)[:, None, None], out=x)
+        return x
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB PIL image -> ``(3, H, W)`` float32 network input, C-contiguous.
@@ -252,15 +228,7 @@ class EvalTransform:
         Raises:
             ValueError: the image is not RGB (apply :func:`load_image` / :func:`to_rgb` first).
         """
-        if image.mode != "RGB":
-            raise ValueError(f"EvalTransform needs an RGB image, got mode {image.mode}; use to_rgb first")
-        image = self.resize_and_crop(image)
-        x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32, order="C")  # (3, H, W)
-        # in place, in torchvision's order and float32 arithmetic: x / 255, then (x - mean) / std
-        np.divide(x, np.float32(255.0), out=x)
-        np.subtract(x, np.asarray(self.mean, dtype=np.float32)[:, None, None], out=x)
-        np.divide(x, np.asarray(self.std, dtype=np.float32)[:, None, None], out=x)
-        return x
+        return self.normalize(self.to_uint8(image))
 
     def batch(self, images: Iterable[Image.Image]) -> np.ndarray:
         """RGB PIL images -> ``(N, 3, H, W)`` float32 (``N`` may be 0)."""
@@ -270,20 +238,50 @@ class EvalTransform:
             out[i] = self(image)
         return out
 
+    # ------------------------------------------------------------------------------ bounded decode
 
-def center_crop_or_pad(image: Image.Image, crop_h: int, crop_w: int, fill: tuple[int, ...]) -> Image.Image:
-    """torchvision ``CenterCrop`` / timm ``CenterCropOrPad``: pad where too small, then the rounded centre."""
-    width, height = image.size
-    if crop_w > width or crop_h > height:
-        left = (crop_w - width) // 2 if crop_w > width else 0
-        top = (crop_h - height) // 2 if crop_h > height else 0
-        right = (crop_w - width + 1) // 2 if crop_w > width else 0
-        bottom = (crop_h - height + 1) // 2 if crop_h > height else 0
-        padded = Image.new(image.mode, (width + left + right, height + top + bottom), fill)
-        padded.paste(image, (left, top))
-        image, (width, height) = padded, padded.size
-    top = int(round((height - crop_h) / 2.0))
-    left = int(round((width - crop_w) / 2.0))
-    if (left, top, width, height) == (0, 0, crop_w, crop_h):
-        return image
-    return image.crop((left, top, left + crop_w, top + crop_h))
+    def draft(self, image: Image.Image, headroom: int = DRAFT_HEADROOM) -> tuple[int, int]:
+        """Ask an opened, not yet decoded JPEG for a smaller DCT-domain decode that still covers the resize.
+
+        Pillow's ``draft`` decodes at 1/2, 1/4 or 1/8 scale; the scale chosen is the smallest whose
+        decode is still at least ``headroom`` times the resize target on both sides (in the image's
+        EXIF orientation), so the eval transform's own filter still does the last step of the
+        downscale. Other formats, and JPEGs no downscale fits, are left as they are.
+
+        Returns:
+            ``(width, height)`` of the decode that ``load()`` will now produce (as stored).
+        """
+        if image.format != "JPEG":
+            return image.size
+        width, height = image.size
+        swap = orientation(image) in SWAPPING_ORIENTATIONS
+        target_w, target_h = self.resized_size(*((height, width) if swap else (width, height)))
+        if swap:
+            target_w, target_h = target_h, target_w
+        cover = (headroom * target_w, headroom * target_h)
+        if min(width // cover[0], height // cover[1]) >= 2:
+            image.draft(image.mode, cover)
+        return image.size
+
+    def decode(self, image: Image.Image, *, draft: bool = True) -> np.ndarray:
+        """An opened image file -> ``(H, W, 3)`` uint8 network input, with bounded work.
+
+        :meth:`draft` (unless ``draft=False`` or already called), decode, EXIF orientation, then
+        only the source region the crop reads is converted to RGB (:func:`to_rgb`) and resampled.
+        Without a draft the pixels equal ``to_uint8(upright_rgb(image))`` exactly.
+
+        Raises:
+            OSError / ValueError: a truncated or corrupt file.
+        """
+        if draft:
+            self.draft(image)
+        image.load()
+        image = orient(image)
+        window = self.window(*image.size)
+        region, origin = image, (0, 0)
+        if image.mode not in ("I", "F"):  # to_rgb scales those by the whole image's maximum
+            box = window.source_region(self.resample)
+            if box != (0, 0, *image.size):
+                region, origin = image.crop(box), box[:2]
+        rgb = region if region.mode == "RGB" and "transparency" not in region.info else to_rgb(region)
+        return np.asarray(render(rgb, window, self.resample, self.fill, origin), dtype=np.uint8)

@@ -81,8 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m serving",
         description="Serve an exported CLCE model over HTTP (FastAPI + ONNX Runtime); OpenAPI docs at /docs.",
         epilog="Every other setting comes from CLCE_* environment variables: CLCE_API_KEY, CLCE_MAX_QUEUE, "
-        "CLCE_MAX_FILES, CLCE_MAX_UPLOAD_BYTES, CLCE_MAX_IMAGE_PIXELS, CLCE_WARMUP, CLCE_INTRA_OP_THREADS, "
-        "CLCE_PREPROCESS_THREADS, CLCE_DB_URL, CLCE_KEEP_SUPPORT_IMAGES, CLCE_LOG_FORMAT (serving/settings.py).",
+        "CLCE_MAX_FILES, CLCE_MAX_UPLOAD_BYTES, CLCE_MAX_IMAGE_PIXELS, CLCE_MAX_REQUEST_PIXELS, CLCE_WARMUP, "
+        "CLCE_INTRA_OP_THREADS, CLCE_PREPROCESS_THREADS, CLCE_DB_URL, CLCE_KEEP_SUPPORT_IMAGES, CLCE_LOG_FORMAT "
+        "(serving/settings.py).",
     )
     p.add_argument(
         "--model-dir", help="export folder (encoder.onnx, head.onnx, model.json); env CLCE_MODEL_DIR"

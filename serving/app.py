@@ -32,6 +32,7 @@ from serving.reload import install_sighup
 from serving.request_id import RequestIdMiddleware
 from serving.routes import admin, fewshot, inference, support_sets, system, ui
 from serving.routing import SlashRedirect
+from serving.schemas import document_limits
 from serving.service import Service
 from serving.settings import Settings
 from serving.store import StoreError
@@ -126,4 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=protected)
     app.include_router(system.health_router)
     ui.install(app, protected)
+    generate = app.openapi
+    app.openapi = lambda: document_limits(generate(), system.limits_info(settings))  # type: ignore[method-assign]
     return app

@@ -2,16 +2,19 @@
 
 :class:`MicroBatcher` sits between the routes and :meth:`serving.sessions.ModelRuntime.run`:
 
-- a request's images enter a queue (one entry per image) only if they all fit under ``max_queue``
-  images; otherwise :class:`~serving.errors.QueueFull` (429 with ``Retry-After``), so memory and
-  latency stay bounded under overload;
-- one asyncio task forms batches: it takes the oldest image, then waits until ``max_batch``
-  images are queued or the oldest has waited ``max_wait_ms``, and hands the batch (at most
-  ``max_batch``) to a single worker thread, so the blocking ONNX call never runs on the event
-  loop and calls never overlap (ONNX Runtime parallelises inside a call). Images arriving during
-  a call form the next batch, which starts as soon as the call returns;
-- the wait is cut short when no request is being decoded (:meth:`MicroBatcher.arriving`): with
-  nothing about to join, waiting would only add latency, so a lone request runs at once;
+- a request first reserves places for all its images (:meth:`MicroBatcher.reserve`), before it
+  decodes any: if they do not all fit under ``max_queue`` images (queued + reserved), it gets
+  :class:`~serving.errors.QueueFull` (429 with ``Retry-After``), so memory and latency stay
+  bounded under overload and no request is turned away half-way;
+- each image then joins the queue as soon as it is decoded (:meth:`Reservation.put`), so the
+  model starts on a large request's first images while its others are still being decoded;
+- one asyncio task forms batches: it takes the oldest image, then, while images are reserved but
+  not yet queued (still decoding), waits until ``max_batch`` images are queued or the oldest has
+  waited ``max_wait_ms``, and hands the batch (at most ``max_batch``) to a single worker thread,
+  so the blocking ONNX call never runs on the event loop and calls never overlap (ONNX Runtime
+  parallelises inside a call). Images arriving during a call form the next batch, which starts as
+  soon as the call returns. With nothing about to join, waiting would only add latency, so a lone
+  request runs at once;
 - ``max_batch = 1`` switches batching off: every image is its own call.
 
 A request's images may be split across batches and share batches with other requests; each
@@ -37,25 +40,55 @@ from serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
-#: ``run(pixel_values (N, 3, H, W)) -> (embedding (N, D), logits (N, C))``
+#: ``run(pixels (N, H, W, 3) uint8) -> (embedding (N, D), logits (N, C))``
 RunFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Outputs = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(eq=False)
 class _Item:
-    pixels: np.ndarray  # (3, H, W)
-    future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+    pixels: np.ndarray  # one image's network input, e.g. (H, W, 3) uint8
+    future: asyncio.Future[Outputs]
     enqueued: float = field(default_factory=time.perf_counter)
+
+
+class Reservation:
+    """Places in the queue held for one request's images; :meth:`put` fills one (see :meth:`MicroBatcher.reserve`)."""
+
+    def __init__(self, batcher: MicroBatcher, n: int) -> None:
+        self._batcher = batcher
+        self.left = n
+
+    def enqueue(self, pixels: np.ndarray) -> asyncio.Future[Outputs]:
+        """Queue one image in a reserved place now; its future gets ``(embedding (D,), logits (C,))``."""
+        if self.left <= 0:
+            raise RuntimeError("every reserved place is already used")
+        self.left -= 1
+        return self._batcher._enqueue(pixels)
+
+    async def put(self, pixels: np.ndarray) -> Outputs:
+        """Queue one image in a reserved place and wait for its ``(embedding (D,), logits (C,))``."""
+        return (await _wait([self.enqueue(pixels)]))[0]
+
+
+async def _wait(futures: list[asyncio.Future[Outputs]]) -> list[Outputs]:
+    """The futures' results; if the waiter is cancelled, the futures too (freeing their queue places)."""
+    try:
+        return list(await asyncio.gather(*futures))
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
 
 
 class MicroBatcher:
     """Merge the images of concurrent requests into batched calls of ``run`` (see the module doc).
 
     Args:
-        run: Blocking ``run(x (N, 3, H, W)) -> (embedding (N, D), logits (N, C))``.
+        run: Blocking ``run(pixels (N, H, W, 3) uint8) -> (embedding (N, D), logits (N, C))``.
         max_batch: Most images per call.
         max_wait_ms: How long the oldest queued image waits for more to join it.
-        max_queue: Most images waiting; beyond that :meth:`submit` raises ``QueueFull``.
+        max_queue: Most images queued or reserved; beyond that :meth:`reserve` raises ``QueueFull``.
         metrics: Where batch sizes, queue depth and call durations are recorded.
     """
 
@@ -72,7 +105,7 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clce-infer")
         self._task: asyncio.Task[None] | None = None
         self._batch_seconds = 0.0  # moving average of one call, for Retry-After
-        self._arriving = 0  # requests decoding images that will be submitted soon
+        self._reserved = 0  # places held for images still being decoded
 
     @property
     def queue_depth(self) -> int:
@@ -98,17 +131,24 @@ class MicroBatcher:
         self._executor.shutdown(wait=True)
 
     @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
-        """Announce a request whose images are being decoded: a forming batch waits for it.
+    def reserve(self, n: int) -> Iterator[Reservation]:
+        """Hold ``n`` places in the queue for a request's images while they are decoded.
 
-        Leave the block right before :meth:`submit` (no ``await`` in between), or on error.
+        Raises ``QueueFull`` (nothing held) unless they fit now; a forming batch waits for held
+        places to be filled (up to ``max_wait_ms``). Places still held when the block ends (an
+        image that failed to decode, a cancelled request) are released.
         """
-        self._arriving += 1
+        if self._task is None:
+            raise NotReady("the model is not running")
+        self.check_room(n)
+        reservation = Reservation(self, n)
+        self._reserved += n
         try:
-            yield
+            yield reservation
         finally:
-            self._arriving -= 1
-            self._wakeup.set()  # a batch waiting only for this request may go now
+            self._reserved -= reservation.left
+            reservation.left = 0
+            self._wakeup.set()  # a batch waiting only for these places may go now
 
     async def call_blocking(self, fn: Callable[[], object]) -> object:
         """Run ``fn`` on the inference thread (between batches), e.g. the warm-up."""
@@ -122,23 +162,25 @@ class MicroBatcher:
     def check_room(self, n: int) -> None:
         """Raise ``QueueFull`` (429, with ``Retry-After``) unless ``n`` more images fit in the queue now.
 
-        The service also calls this before decoding a request's images, so that an overloaded
-        server turns requests away before spending CPU on them.
+        Images held by a :meth:`reserve` count as queued. The service calls this before it reads
+        a request's headers, so that an overloaded server turns requests away before spending CPU
+        on them.
         """
-        if len(self._pending) + n > self.max_queue:
+        waiting = len(self._pending) + self._reserved
+        if waiting + n > self.max_queue:
             self.metrics.rejections.inc()
             wait = self.retry_after()
             raise QueueFull(
-                f"the server is busy: {len(self._pending)} images are queued and this request adds {n}, "
-                f"over the limit of {self.max_queue} (CLCE_MAX_QUEUE); retry in {wait} s",
+                f"the server is busy: {waiting} images are queued or being decoded and this request "
+                f"adds {n}, over the limit of {self.max_queue} (CLCE_MAX_QUEUE); retry in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
 
-    async def submit(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Queue a request's images and wait for their outputs.
+    async def submit(self, pixels: np.ndarray) -> Outputs:
+        """Queue a request's images at once and wait for their outputs.
 
         Args:
-            pixel_values: ``(n, 3, H, W)`` float32.
+            pixels: ``(n, ...)``: ``n`` images' network inputs.
 
         Returns:
             ``embedding`` ``(n, D)`` and ``logits`` ``(n, C)``, rows in input order.
@@ -146,26 +188,20 @@ class MicroBatcher:
         Raises:
             QueueFull: the ``n`` images do not fit in the queue now (nothing was queued).
         """
-        n = len(pixel_values)
+        n = len(pixels)
         if n == 0:
             raise ValueError("submit needs at least one image")
-        if self._task is None:
-            raise NotReady("the model is not running")
-        self.check_room(n)
-        loop = asyncio.get_running_loop()
-        items = [_Item(pixel_values[i], loop.create_future()) for i in range(n)]
-        self._pending.extend(items)
+        with self.reserve(n) as places:
+            outputs = await _wait([places.enqueue(pixels[i]) for i in range(n)])
+        return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])  # (n, D), (n, C)
+
+    def _enqueue(self, pixels: np.ndarray) -> asyncio.Future[Outputs]:
+        item = _Item(pixels, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self._reserved -= 1
         self.metrics.queue_depth.set(len(self._pending))
         self._wakeup.set()
-        try:
-            outputs = await asyncio.gather(*(item.future for item in items))
-        except BaseException:
-            for item in items:  # a cancelled request frees its queue places
-                item.future.cancel()
-            raise
-        embedding = np.stack([o[0] for o in outputs])  # (n, D)
-        logits = np.stack([o[1] for o in outputs])  # (n, C)
-        return embedding, logits
+        return item.future
 
     async def _next_batch(self) -> list[_Item]:
         while True:
@@ -176,7 +212,7 @@ class MicroBatcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         deadline = self._pending[0].enqueued + self.max_wait
-        while len(self._pending) < self.max_batch and self._arriving > 0:
+        while len(self._pending) < self.max_batch and self._reserved > 0:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -66,6 +66,13 @@ class TooManyFiles(ServingError):
     code = "too_many_files"
 
 
+class TooManyPixels(ServingError):
+    """The images of one request would decode to more pixels than ``max_request_pixels``."""
+
+    status_code = 413
+    code = "too_many_pixels"
+
+
 class MissingField(ServingError):
     status_code = 422
     code = "missing_field"

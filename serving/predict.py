@@ -54,8 +54,9 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> Iterator[Path]:
 
 
 def read_pixels(path: Path, transform: EvalTransform) -> np.ndarray:
-    """One image file -> ``(3, H, W)`` float32 network input (the loading rule, then ``transform``)."""
-    return transform(load_image(path))
+    """One image file -> ``(H, W, 3)`` uint8 network input (the loading rule, then ``transform``'s crop;
+    the sessions' graph does ``/255`` and the normalisation)."""
+    return transform.to_uint8(load_image(path))
 
 
 def build_parser() -> argparse.ArgumentParser:

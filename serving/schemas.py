@@ -164,9 +164,12 @@ class BatchingInfo(BaseModel):
 
 
 class LimitsInfo(BaseModel):
-    max_files: int
-    max_upload_bytes: int
-    max_image_pixels: int
+    max_files: int = Field(description="Most image files in one request, over all its file fields.")
+    max_upload_bytes: int = Field(description="Most bytes in one request body.")
+    max_image_pixels: int = Field(description="Most pixels (width x height) of one image, from its header.")
+    max_request_pixels: int = Field(
+        description="Most pixels all the images of one request decode to (JPEGs at their reduced decode size)."
+    )
 
 
 class OpenSetInfo(BaseModel):
@@ -217,6 +220,33 @@ class ReadyResponse(BaseModel):
     providers: list[str]
 
 
+def document_limits(schema: dict[str, Any], limits: LimitsInfo) -> dict[str, Any]:
+    """Write the server's limits into its OpenAPI schema: ``maxItems`` on every file field, and a note.
+
+    The limits are settings, so the request models cannot carry them; this edits the generated
+    schema in place (``app.openapi``) and returns it. The limits themselves are enforced by the
+    service (413 ``too_many_files`` / ``too_many_pixels``), not by validation.
+    """
+    note = (
+        f" At most {limits.max_files} files per request over all file fields (CLCE_MAX_FILES), "
+        f"{limits.max_image_pixels} pixels per image (CLCE_MAX_IMAGE_PIXELS) and "
+        f"{limits.max_request_pixels} decoded pixels per request (CLCE_MAX_REQUEST_PIXELS)."
+    )
+    for body in schema.get("components", {}).get("schemas", {}).values():
+        for field in body.get("properties", {}).values():
+            arrays = [field, *field.get("anyOf", ())]
+            files = [a for a in arrays if a.get("type") == "array" and _is_file(a.get("items", {}))]
+            for array in files:
+                array["maxItems"] = limits.max_files
+            if files and note not in field.get("description", ""):
+                field["description"] = field.get("description", "") + note
+    return schema
+
+
+def _is_file(item: dict[str, Any]) -> bool:
+    return item.get("format") == "binary" or item.get("contentMediaType") == "application/octet-stream"
+
+
 #: The error responses every protected route may give, for the OpenAPI page.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
@@ -225,7 +255,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong X-API-Key",
         404: "Unknown support set",
         409: "Support set made by another model",
-        413: "Too many files, too many bytes or too many pixels",
+        413: "Too many files, bytes or pixels (per image or per request): see `GET /info` limits",
         415: "Not an image, or an unsupported format",
         422: "Missing or invalid fields",
         429: "Queue full; retry after Retry-After seconds",

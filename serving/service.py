@@ -15,13 +15,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import UploadFile
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from clce_core.export_folder import ModelCard
-from serving.batching import MicroBatcher
-from serving.errors import LabelsMismatch, MissingField, ServingError, TooManyFiles
+from clce_core.preprocessing import EvalTransform
+from serving.batching import MicroBatcher, Outputs, Reservation
+from serving.errors import LabelsMismatch, MissingField, ServingError, TooManyFiles, TooManyPixels
 from serving.metrics import Metrics
-from serving.preprocessing import preprocess
+from serving.preprocessing import decode, decoded_pixels, open_upload
 from serving.reload import LoadedModel, ModelSlot, read_model_dir
 from serving.schemas import MAX_LABEL_LENGTH
 from serving.sessions import ModelRuntime
@@ -88,7 +90,7 @@ class Service:
         except BaseException:
             await model.close()
             raise
-        pool = ThreadPoolExecutor(settings.preprocess_threads, thread_name_prefix="clce-preprocess")
+        pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="clce-preprocess")
         service = cls(settings, ModelSlot(model, settings, metrics), store, metrics, pool)
         logger.info(
             "model %s (%s, %d classes, D=%d) on %s; support sets in %s",
@@ -163,32 +165,83 @@ class Service:
             )
         return out
 
-    async def pixels(self, uploads: Sequence[Upload]) -> np.ndarray:
-        """Decode and preprocess uploads in the preprocessing threads: ``(N, 3, H, W)`` float32.
+    def _open_all(self, uploads: Sequence[Upload], transform: EvalTransform) -> list[Image.Image]:
+        """Every upload's header, checked; the request's decoded pixels against its budget.
+
+        Runs in a preprocessing thread, where the request's pinned model is not visible: the
+        caller passes its ``transform``.
+
+        Raises:
+            ServingError: for the first bad file (named by field, index and file name), or
+                TooManyPixels; no image is left open.
+        """
+        images: list[Image.Image] = []
+        limit = self.settings.max_image_pixels
+        try:
+            for upload in uploads:
+                try:
+                    images.append(open_upload(upload.data, upload.filename, transform, limit))
+                except ServingError as e:
+                    e.message = f"{upload.where}: {e.message}"
+                    raise
+            self._check_budget(uploads, images)
+        except BaseException:
+            for image in images:
+                image.close()
+            raise
+        return images
+
+    def _check_budget(self, uploads: Sequence[Upload], images: Sequence[Image.Image]) -> None:
+        sizes = [decoded_pixels(image) for image in images]
+        total, budget = sum(sizes), self.settings.max_request_pixels
+        if total > budget:
+            largest = sorted(range(len(sizes)), key=lambda i: -sizes[i])[:3]
+            named = ", ".join(f"{uploads[i].where} {images[i].size[0]}x{images[i].size[1]}" for i in largest)
+            raise TooManyPixels(
+                f"the {len(images)} images of this request decode to {total} pixels (largest: {named}), "
+                f"over the limit of {budget} per request (CLCE_MAX_REQUEST_PIXELS); send fewer or smaller "
+                "images per request (JPEGs count at the reduced size they are decoded at)"
+            )
+
+    async def _decode_and_put(
+        self, upload: Upload, image: Image.Image, transform: EvalTransform, places: Reservation
+    ) -> Outputs:
+        loop = asyncio.get_running_loop()
+        pixels = await loop.run_in_executor(self.pool, decode, image, upload.filename, transform)
+        return await places.put(pixels)  # (H, W, 3) uint8 -> (embedding (D,), logits (C,))
+
+    async def infer(self, uploads: Sequence[Upload]) -> tuple[np.ndarray, np.ndarray]:
+        """Uploads -> ``embedding`` ``(N, D)`` un-normalised and ``logits`` ``(N, C)``, batched.
+
+        Queue places are checked first (429 before any work), then every header and the request's
+        pixel budget (in a preprocessing thread), then the images are decoded in the preprocessing
+        threads, each joining the batch queue as soon as it is decoded.
 
         Raises:
             ServingError: for the first bad file, named by field, index and file name.
         """
+        batcher, transform = self.batcher, self.card.preprocess  # the request's pinned model
+        batcher.check_room(len(uploads))  # full already: answer 429 before reading anything
         loop = asyncio.get_running_loop()
-        config, limit = self.card.preprocess, self.settings.max_image_pixels
-        jobs = [
-            loop.run_in_executor(self.pool, preprocess, u.data, u.filename, config, limit) for u in uploads
-        ]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        images = await loop.run_in_executor(self.pool, self._open_all, uploads, transform)
+        try:
+            with batcher.reserve(len(uploads)) as places:
+                jobs = [
+                    self._decode_and_put(u, image, transform, places)
+                    for u, image in zip(uploads, images, strict=True)
+                ]
+                results = await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            for image in images:  # decode closes each; these are the ones it never reached
+                image.close()
         for upload, result in zip(uploads, results, strict=True):
             if isinstance(result, ServingError):
                 result.message = f"{upload.where}: {result.message}"
                 raise result
             if isinstance(result, BaseException):
                 raise result
-        return np.stack(results)  # type: ignore[arg-type]  # (N, 3, H, W)
-
-    async def infer(self, uploads: Sequence[Upload]) -> tuple[np.ndarray, np.ndarray]:
-        """Uploads -> ``embedding`` ``(N, D)`` un-normalised and ``logits`` ``(N, C)``, batched."""
-        self.batcher.check_room(len(uploads))  # full already: answer 429 before decoding anything
-        with self.batcher.arriving():
-            pixels = await self.pixels(uploads)  # (N, 3, H, W)
-        return await self.batcher.submit(pixels)
+        outputs: list[Outputs] = results  # type: ignore[assignment]
+        return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])  # (N, D), (N, C)
 
     async def run_store(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call off the event loop."""

@@ -1,10 +1,12 @@
 """ONNX Runtime sessions of one export folder: providers, the I/O contract, warm-up.
 
 :class:`ModelRuntime` owns ONE ``InferenceSession`` per ONNX file (encoder and head), shared by
-every request of the server (and used by ``python -m serving.predict``). Which execution providers
-run them is decided in one place, :func:`choose_providers`. The sessions' inputs and outputs are
-checked against the card (CONTRACTS "Export folder") before anything runs. Micro-batching over the
-sessions lives in :mod:`serving.batching`.
+every request of the server (and used by ``python -m serving.predict``). The encoder is loaded with
+the preprocessing graph of :mod:`serving.pixel_graph` in front, so it takes the eval transform's
+``(N, H, W, 3)`` uint8 pixels and does ``/255``, ``- mean``, ``/ std`` itself. Which execution
+providers run the sessions is decided in one place, :func:`choose_providers`. The files' inputs and
+outputs are checked against the card (CONTRACTS "Export folder") before anything runs.
+Micro-batching over the sessions lives in :mod:`serving.batching`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import logging
 from typing import Literal
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from clce_core.export_folder import CARD_FILE, EMBEDDING, ENCODER_INPUT, LOGITS, ExportFolderError, ModelCard
+from serving.pixel_graph import PIXELS, with_pixel_input
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +28,8 @@ CPU_PROVIDER = "CPUExecutionProvider"
 _CUDA_OPTIONS = {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}
 
 Device = Literal["cpu", "cuda", "auto"]
+#: Inputs or outputs of a graph: ``(name, shape)``, symbolic dimensions as None or strings.
+IO = list[tuple[str, list[object]]]
 
 
 def choose_providers(device: Device) -> list[str | tuple[str, dict[str, str]]]:
@@ -53,6 +59,18 @@ def _dim(value: object) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def _graph_io(model: onnx.ModelProto) -> tuple[IO, IO]:
+    """``(inputs, outputs)`` of an ONNX graph as ``(name, shape)``; a shape's symbolic dims are None."""
+
+    def shape(value: onnx.ValueInfoProto) -> list[object]:
+        dims = value.type.tensor_type.shape.dim
+        return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+
+    initialisers = {t.name for t in model.graph.initializer}
+    inputs = [(v.name, shape(v)) for v in model.graph.input if v.name not in initialisers]
+    return inputs, [(v.name, shape(v)) for v in model.graph.output]
+
+
 class ModelRuntime:
     """The encoder and head sessions of one export folder.
 
@@ -79,15 +97,27 @@ class ModelRuntime:
             options.intra_op_num_threads = intra_op_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         providers = choose_providers(device)
+        pre = card.preprocess
         try:
-            self.encoder = ort.InferenceSession(str(card.encoder_path), options, providers=providers)
+            encoder_model = onnx.load(str(card.encoder_path))  # external data, if any, from beside it
+            encoder_io = _graph_io(encoder_model)
             self.head = ort.InferenceSession(str(card.head_path), options, providers=providers)
-        except Exception as e:  # onnxruntime's own exception types
+            head_io = (
+                [(i.name, list(i.shape)) for i in self.head.get_inputs()],
+                [(o.name, list(o.shape)) for o in self.head.get_outputs()],
+            )
+            self._check_io(*encoder_io, *head_io)
+            composed = with_pixel_input(
+                encoder_model, pre.input_size[1], pre.input_size[2], pre.mean, pre.std
+            )
+            self.encoder = ort.InferenceSession(composed, options, providers=providers)
+        except ExportFolderError:
+            raise
+        except Exception as e:  # onnx's and onnxruntime's own exception types
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise ExportFolderError(
                 f"ONNX Runtime cannot load the model in {card.model_dir}: {first}"
             ) from None
-        self._check_io()
 
     @property
     def providers(self) -> list[str]:
@@ -99,21 +129,20 @@ class ModelRuntime:
         """Whether the CUDA execution provider really runs both sessions."""
         return all(s.get_providers()[0] == CUDA_PROVIDER for s in (self.encoder, self.head))
 
-    def _check_io(self) -> None:
-        enc_in, enc_out = self.encoder.get_inputs(), self.encoder.get_outputs()
-        head_in, head_out = self.head.get_inputs(), self.head.get_outputs()
+    def _check_io(self, enc_in: IO, enc_out: IO, head_in: IO, head_out: IO) -> None:
+        """The files' inputs and outputs ``(name, shape)`` against the contract and the card."""
         where = self.card.model_dir
         encoder, head = self.card.encoder_path.name, self.card.head_path.name
         names = {
-            f"{encoder} inputs": ([i.name for i in enc_in], [ENCODER_INPUT]),
-            f"{encoder} outputs": ([o.name for o in enc_out], [EMBEDDING]),
-            f"{head} inputs": ([i.name for i in head_in], [EMBEDDING]),
-            f"{head} outputs": ([o.name for o in head_out], [LOGITS]),
+            f"{encoder} inputs": ([n for n, _ in enc_in], [ENCODER_INPUT]),
+            f"{encoder} outputs": ([n for n, _ in enc_out], [EMBEDDING]),
+            f"{head} inputs": ([n for n, _ in head_in], [EMBEDDING]),
+            f"{head} outputs": ([n for n, _ in head_out], [LOGITS]),
         }
         for what, (found, wanted) in names.items():
             if found[:1] != wanted or (what.endswith("inputs") and len(found) != 1):
                 raise ExportFolderError(f"{where}: {what} are {found}, the export contract says {wanted}")
-        _, c, h, w = (list(enc_in[0].shape) + [None] * 4)[:4]
+        _, c, h, w = ([*enc_in[0][1]] + [None] * 4)[:4]
         expected = self.card.preprocess.input_size
         for got, want, name in (
             (c, expected[0], "channels"),
@@ -125,28 +154,29 @@ class ModelRuntime:
                     f"{where}: {encoder} takes {name} {got} but {CARD_FILE} input_size says {want}"
                 )
         dim = self.card.embedding_dim
-        for got, name in ((enc_out[0].shape, "encoder output"), (head_in[0].shape, "head input")):
+        for got, name in ((enc_out[0][1], "encoder output"), (head_in[0][1], "head input")):
             if len(got) != 2 or (_dim(got[1]) is not None and got[1] != dim):
                 raise ExportFolderError(
                     f"{where}: {name} has shape {got}, {CARD_FILE} embedding_dim is {dim}"
                 )
         n_classes = len(self.card.labels)
-        got = head_out[0].shape
+        got = head_out[0][1]
         if len(got) != 2 or (_dim(got[1]) is not None and got[1] != n_classes):
             raise ExportFolderError(
                 f"{where}: head output has shape {got} but {CARD_FILE} lists {n_classes} labels"
             )
 
-    def run(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Blocking inference.
 
         Args:
-            pixel_values: ``(N, 3, H, W)`` float32, preprocessed.
+            pixels: ``(N, H, W, 3)`` uint8, the eval transform's crop
+                (:meth:`clce_core.preprocessing.EvalTransform.decode` / ``to_uint8``).
 
         Returns:
             ``embedding`` ``(N, D)`` (un-normalised) and ``logits`` ``(N, C)``, float32.
         """
-        embedding = self.encoder.run([EMBEDDING], {ENCODER_INPUT: pixel_values})[0]  # (N, D)
+        embedding = self.encoder.run([EMBEDDING], {PIXELS: pixels})[0]  # (N, D)
         logits = self.head.run([LOGITS], {EMBEDDING: embedding})[0]  # (N, C)
         return np.asarray(embedding, dtype=np.float32), np.asarray(logits, dtype=np.float32)
 
@@ -154,4 +184,4 @@ class ModelRuntime:
         """Run zeros through both sessions once per batch size (allocations, kernel choice)."""
         _, h, w = self.card.preprocess.input_size
         for n in sorted(set(batch_sizes)):
-            self.run(np.zeros((n, 3, h, w), dtype=np.float32))
+            self.run(np.zeros((n, h, w, 3), dtype=np.uint8))

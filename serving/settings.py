@@ -8,6 +8,7 @@ sets the same fields from its flags.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,14 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DB_PATH = Path("~/.local/share/clce/support_sets.sqlite3")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class Settings(BaseSettings):
@@ -35,14 +44,19 @@ class Settings(BaseSettings):
         max_batch: Most images in one ONNX Runtime call; 1 switches batching off.
         max_wait_ms: How long the first image of a batch waits for more to join it.
         max_queue: Most images waiting for the model; a request that would overflow it gets 429.
-        max_files: Most image files in one request.
+        max_files: Most image files in one request (160: a 10-way 10-shot call with 5 queries per
+            class, 150 images, fits).
         max_upload_bytes: Most bytes in one request body (413 above).
         max_image_pixels: Most pixels (width × height) in one image, checked before decoding.
+        max_request_pixels: Most pixels all the images of one request decode to, checked from their
+            headers before any is decoded (JPEGs count at their reduced ``draft`` size): it bounds
+            a request's decoding work, whatever the file count.
         warmup: Run the model once at start-up (batch 1 and ``max_batch``) before reporting ready.
         intra_op_threads: ONNX Runtime intra-op threads; 0 lets it choose (one per physical core).
         intra_op_spinning: Let ONNX Runtime's idle threads spin. Off by default: in a server the
             spinning threads take the CPU from image decoding and the event loop between calls.
-        preprocess_threads: Threads that decode and resize images.
+        preprocess_threads: Threads that decode and resize images; 0: one per CPU this process may
+            use (:func:`cpu_count`).
         drain_seconds: On SIGTERM, the longest wait for admitted requests before exiting; also the
             longest wait for requests on the old model after a reload.
         log_format: ``text`` (default) or ``json`` (one JSON object per line, access lines too).
@@ -60,13 +74,14 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=4096)
     max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0)
     max_queue: int = Field(256, ge=1)
-    max_files: int = Field(32, ge=1)
+    max_files: int = Field(160, ge=1)
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=1)
+    max_request_pixels: int = Field(200_000_000, ge=1)
     warmup: bool = True
     intra_op_threads: int = Field(0, ge=0)
     intra_op_spinning: bool = False
-    preprocess_threads: int = Field(4, ge=1, le=64)
+    preprocess_threads: int = Field(0, ge=0, le=64)
     drain_seconds: float = Field(30.0, ge=0.0, le=3600.0)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -86,3 +101,8 @@ class Settings(BaseSettings):
     def resolved_db_url(self) -> str:
         """``db_url``, or the SQLite URL of ``db_path`` (``~`` expanded)."""
         return self.db_url or f"sqlite:///{self.db_path.expanduser()}"
+
+    @property
+    def decode_threads(self) -> int:
+        """``preprocess_threads``, or one per usable CPU when it is 0."""
+        return self.preprocess_threads or cpu_count()

@@ -20,9 +20,20 @@ from serving.schemas import (
     OpenSetInfo,
     ReadyResponse,
 )
+from serving.settings import Settings
 
 info_router = APIRouter(tags=["model"], responses={401: ERROR_RESPONSES[401]})
 health_router = APIRouter(tags=["operations"])
+
+
+def limits_info(settings: Settings) -> LimitsInfo:
+    """The per-request limits clients must respect (``/info`` and the OpenAPI schema show them)."""
+    return LimitsInfo(
+        max_files=settings.max_files,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+    )
 
 
 @info_router.get("/info", response_model=InfoResponse, summary="The model card and server settings")
@@ -52,11 +63,7 @@ async def info(service: ServiceDep) -> InfoResponse:
         batching=BatchingInfo(
             max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue
         ),
-        limits=LimitsInfo(
-            max_files=settings.max_files,
-            max_upload_bytes=settings.max_upload_bytes,
-            max_image_pixels=settings.max_image_pixels,
-        ),
+        limits=limits_info(settings),
         open_set=OpenSetInfo(
             prototypes=card.prototypes is not None,
             calibrated_threshold=card.calibrated_threshold,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clce_core.preprocessing import CROP_MODES, EvalTransform, TooManyPixels, load_image
+from clce_core.preprocessing import CROP_MODES, EvalTransform, TooManyPixels, load_image, open_image
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -179,3 +179,106 @@ def test_load_image_bounds_the_decode() -> None:
         load_image(png, formats=("JPEG",))
     with pytest.raises(OSError, match="truncated"):
         load_image(_rgb(64, 64)[:200])  # decoded completely here, not on first use
+
+
+# ------------------------------------------------------------------------------ bounded decode
+
+
+def _jpeg(w: int, h: int, orientation: int = 1) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return _encode(Image.fromarray(_photo(w, h)), "JPEG", quality=92, exif=exif.tobytes())
+
+
+ORDINARY = {
+    **MAKERS,
+    "jpeg": lambda w, h: _jpeg(w, h),
+    "webp": lambda w, h: _encode(Image.fromarray(_photo(w, h)), "WEBP", lossless=True),
+}
+
+
+@pytest.mark.parametrize("kind", list(ORDINARY))
+@pytest.mark.parametrize("size", [(97, 61), (50, 131), (40, 40)], ids=["wide", "tall", "square"])
+@pytest.mark.parametrize("draft", [True, False])
+def test_bounded_decode_equals_the_transform_of_the_loaded_image(
+    kind: str, size: tuple[int, int], draft: bool
+) -> None:
+    # ordinary images (no JPEG downscale fits a 48 px model): exactly the pinned transform's pixels
+    transform = EvalTransform((3, 48, 48), "bicubic", 0.875, "center", MEAN, STD)
+    data = ORDINARY[kind](*size)
+    with open_image(data) as image:
+        got = transform.decode(image, draft=draft)
+    expected = transform.to_uint8(load_image(data))
+    assert got.shape == (48, 48, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, expected)
+    assert np.array_equal(transform.normalize(got), transform(load_image(data)))
+
+
+@pytest.mark.parametrize("mode", ["center", "squash", "border"])
+def test_decode_of_every_crop_mode_matches(mode: str) -> None:
+    transform = EvalTransform((3, 40, 32), "bilinear", 0.9, mode, MEAN, STD)
+    for size in ((90, 61), (61, 90), (20, 13)):
+        data = _rgba(*size)
+        with open_image(data) as image:
+            assert np.array_equal(transform.decode(image), transform.to_uint8(load_image(data))), size
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "lanczos", "nearest"])
+@pytest.mark.parametrize("size", [(12, 700), (900, 9), (1, 3000)], ids=["tall", "wide", "one-pixel"])
+def test_extreme_aspect_ratios_resample_only_the_crop(interpolation: str, size: tuple[int, int]) -> None:
+    # beyond FULL_RESIZE_MAX the kept region alone is resampled: the full resize's pixels, but for
+    # a rare one level off (Pillow takes the box as 32-bit floats)
+    transform = EvalTransform((3, 32, 32), interpolation, 0.875, "center", MEAN, STD)
+    image = Image.fromarray(_photo(*size))
+    window = transform.window(*image.size)
+    assert window.resamples and not window.full_resize
+    full = np.asarray(image.resize(window.resized, transform.resample).crop(window.kept), dtype=np.int16)
+    ours = transform.to_uint8(image).astype(np.int16)
+    assert ours.shape == (32, 32, 3)
+    assert np.abs(ours - full).max() <= 1 and (ours != full).mean() < 0.01
+    with open_image(_encode(image, "PNG")) as opened:  # the decode crops the source first: same pixels
+        assert np.array_equal(transform.decode(opened), ours.astype(np.uint8))
+
+
+def test_work_is_bounded_by_the_output_whatever_the_shape() -> None:
+    transform = EvalTransform((3, 224, 224), "bicubic", 0.875, "center", MEAN, STD)
+    window = transform.window(1, 39_000_000)  # timm: a 256 x 9,984,000,000 resize
+    assert window.resized == (256, 9_984_000_000) and window.out == (224, 224)
+    x0, y0, x1, y1 = window.source_region(transform.resample)
+    assert (x1 - x0) * (y1 - y0) < 100  # the source rows the crop's filter taps reach
+    assert transform.to_uint8(Image.new("RGB", (1, 39_000), (9, 99, 199))).shape == (224, 224, 3)
+    border = EvalTransform((3, 32, 32), crop_mode="border")
+    assert border.resized_size(1, 100_000) == (1, 36)  # never 0 pixels wide (timm fails there)
+    assert border.to_uint8(Image.new("RGB", (1, 100_000))).shape == (32, 32, 3)
+
+
+def test_draft_decodes_a_large_jpeg_smaller_and_close() -> None:
+    # decoded at 1/8 in the DCT domain, then resized: close to the full decode, not equal
+    transform = EvalTransform((3, 32, 32), "bicubic", 0.875, "center", MEAN, STD)
+    data = _jpeg(1200, 900)
+    with open_image(data) as image:
+        assert transform.draft(image) == (150, 113)  # 1/8 is still twice the 48 x 36 resize
+        drafted = transform.decode(image)
+    with open_image(data) as image:
+        full = transform.decode(image, draft=False)
+    assert np.array_equal(full, transform.to_uint8(load_image(data)))
+    diff = np.abs(drafted.astype(np.int16) - full.astype(np.int16))
+    assert 0 < diff.mean() < 4 and diff.max() < 64, (diff.mean(), diff.max())
+    within = _jpeg(190, 140)  # resized to 48 x 36: less than twice that, so decoded whole, exactly
+    with open_image(within) as image:
+        assert transform.draft(image) == (190, 140)
+        assert np.array_equal(transform.decode(image), transform.to_uint8(load_image(within)))
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_draft_covers_the_target_in_the_upright_orientation(orientation: int) -> None:
+    transform = EvalTransform((3, 64, 64), "bilinear", 1.0, "center", MEAN, STD)
+    data = _jpeg(1600, 400, orientation)  # upright: 1600 x 400, or 400 x 1600 when turned
+    with open_image(data) as image:
+        # either way the resize target is 256 x 64 as stored; twice that fits in 1/2 (800 x 200),
+        # not in 1/4 (a target taken unturned, 64 x 256, would allow no draft at all)
+        assert transform.draft(image) == (800, 200)
+        out = transform.decode(image)
+    assert out.shape == (64, 64, 3)
+    with open_image(_encode(Image.fromarray(_photo(40, 40)), "PNG")) as png:
+        assert transform.draft(png) == (40, 40)  # other formats: decoded as they are

@@ -35,7 +35,9 @@ CALIBRATED = 0.9
 def add_prototypes(folder: Path, threshold: float | None = CALIBRATED) -> Path:
     """Prototypes of the pure colours of LABELS (the export's own encoder), and an ``open_set`` card key."""
     card = read_card(folder)
-    pixels = np.stack([card.preprocess(Image.open(io.BytesIO(image_bytes(c)))) for c in LABELS])
+    pixels = np.stack(
+        [card.preprocess.to_uint8(Image.open(io.BytesIO(image_bytes(c))).convert("RGB")) for c in LABELS]
+    )
     embedding, _ = ModelRuntime(card).run(pixels)  # (3, D)
     write_prototypes(folder, class_prototypes(embedding, np.arange(len(LABELS)), len(LABELS)))
     open_set = None if threshold is None else {"threshold": threshold, "keep": 0.95}
