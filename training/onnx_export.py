@@ -57,6 +57,7 @@ class Tolerance:
 TOLERANCES = {
     "fp32": Tolerance(logits_rel=1e-4, embedding_cos=0.9999, top1_points=0.1),
     "fp16": Tolerance(logits_rel=5e-2, embedding_cos=0.999, top1_points=0.5),
+    "int8": Tolerance(logits_rel=0.5, embedding_cos=0.5, top1_points=1.0),
 }
 
 

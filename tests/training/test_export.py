@@ -22,7 +22,7 @@ CONTRACT_KEYS = [  # CONTRACTS "Export folder", in its order
     "schema_version", "model_name", "labels", "embedding_dim", "input_size", "interpolation", "crop_pct",
     "mean", "std", "loss", "metrics", "opset", "versions", "files", "created",
 ]  # fmt: skip
-EXTRA_KEYS = ["crop_mode", "precision", "open_set", "parity"]
+EXTRA_KEYS = ["crop_mode", "precision", "quantization", "open_set", "parity"]
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (128, 128, 128)}
 
 
@@ -91,7 +91,7 @@ def test_export_folder_and_parity(model: str, checkpoints: dict[str, Path], tmp_
     torch_model, state = model_from_checkpoint(checkpoints[model])
     assert card["schema_version"] == 1 and card["model_name"] == model and card["opset"] == 17
     assert card["labels"] == state["classes"] and card["embedding_dim"] == torch_model.embedding_dim
-    assert card["input_size"] == [3, 32, 32] and card["precision"] == "fp32"
+    assert card["input_size"] == [3, 32, 32] and card["precision"] == "fp32" and card["quantization"] is None
     assert card["loss"] == {"name": "clce", "lam": state["config"]["lam"], "tau": state["config"]["tau"]}
     assert card["metrics"]["val_top1"] == state["metrics"]["val_top1"] and "test_top1" in card["metrics"]
     assert set(card["versions"]) == {"torch", "timm", "onnx"} and card["created"].endswith("Z")
