@@ -235,8 +235,10 @@ def _input_nodes(nodes: Any, convs: int) -> list[str]:
     """Names of the nodes, in graph (topological) order, up to and including the ``convs``-th Conv.
 
     All of them, activations between the convolutions included: a Conv whose input arrives through
-    a DequantizeLinear is quantised by ONNX Runtime at load time, excluded or not.
+    a DequantizeLinear is quantised by ONNX Runtime at load time, excluded or not. A graph with
+    fewer convolutions (a ViT has one, the patch embedding) keeps only those before the last float.
     """
+    convs = min(convs, sum(node.op_type == "Conv" for node in nodes))
     names, seen = [], 0
     for node in nodes:
         if seen == convs:
@@ -295,6 +297,11 @@ def quantize_encoder(
         except Exception as e:  # the tool raises bare ValueError / AssertionError / onnxruntime errors
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise QuantizationError(f"ONNX Runtime's quantisation tool failed: {first[:300]}") from None
+    if not any(node.op_type == "QuantizeLinear" for node in onnx.load(str(target)).graph.node):
+        raise QuantizationError(
+            f"ONNX Runtime's quantisation tool found nothing to quantise past the first {FLOAT_CONVS} "
+            "convolutions of this encoder; export it without --int8"
+        )
 
 
 # --------------------------------------------------------------------------------------- the check

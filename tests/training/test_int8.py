@@ -255,3 +255,20 @@ def test_histogram_calibration_takes_any_number_of_images(method: str, tmp_path:
     assert capsys.readouterr().out == ""  # the tool's progress prints stay out of the CLI's output
     out = ort_session(tmp_path / "int8.onnx").run(None, {"pixel_values": images[:3]})[0]
     assert out.shape == (3, model.embedding_dim) and np.isfinite(out).all()
+
+
+def test_a_vit_is_quantised_past_its_patch_embedding(tmp_path: Path) -> None:
+    """A ViT has one convolution: it stays float32, the attention and MLP matrix products do not."""
+    from clce_core.models import create_model
+
+    model = create_model("test_vit", 4, "none", img_size=32).eval()
+    path = tmp_path / "encoder.onnx"
+    export_onnx(model.encoder, torch.randn(2, 3, 32, 32), path, "pixel_values", "embedding", 17)
+    images = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)
+    quantize_encoder(path, tmp_path / "int8.onnx", images)
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    produced_by = {out: node.op_type for node in graph.node for out in node.output}
+    matmuls = [node for node in graph.node if node.op_type == "MatMul"]
+    assert matmuls and all(produced_by.get(node.input[1]) == "DequantizeLinear" for node in matmuls)
+    (conv,) = [node for node in graph.node if node.op_type == "Conv"]
+    assert conv.input[1] not in produced_by  # a float32 initializer, not a DequantizeLinear output
