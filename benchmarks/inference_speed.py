@@ -70,7 +70,7 @@ def _eager(model: torch.nn.Module) -> Runner:
     return run
 
 
-def _ort(folder: Path, provider: str, threads: int | None) -> Runner:
+def ort_runner(folder: Path, provider: str, threads: int | None) -> Runner:
     """Encoder then head; ``threads`` None = a session with no options at all."""
     import onnxruntime as ort
 
@@ -92,41 +92,63 @@ def _ort(folder: Path, provider: str, threads: int | None) -> Runner:
     return run
 
 
-def build(args: argparse.Namespace, workdir: Path) -> tuple[torch.nn.Module, dict[str, Runner], dict]:
-    """The model, its exports, and one runner per configuration."""
-    import onnxruntime as ort
-
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object, dict | None]:
+    """The model (``--checkpoint``, else ``--model`` built fresh), its card info and the checkpoint's state."""
     from clce_core.models import create_model
-    from training.export import CardInfo, export_model
+    from training.export import CardInfo
 
     if args.checkpoint:
         from training.checkpoint import model_from_checkpoint
 
         model, state = model_from_checkpoint(args.checkpoint)
-        info = CardInfo.from_checkpoint(state, args.checkpoint)
-    else:
-        state = None
-        model = create_model(args.model, 10, args.pretrained, img_size=args.img_size).eval()
-        info = CardInfo.from_model(model)
-        if args.img_size:
-            info.data_config["input_size"] = (3, args.img_size, args.img_size)
+        return model, CardInfo.from_checkpoint(state, args.checkpoint), state
+    model = create_model(args.model, 10, args.pretrained, img_size=args.img_size).eval()
+    info = CardInfo.from_model(model)
+    if args.img_size:
+        info.data_config["input_size"] = (3, args.img_size, args.img_size)
+    return model, info, None
+
+
+def int8_calibration(state: dict | None, card: dict, images: int, max_accuracy_drop: float = 1.0) -> object:
+    """The ``Int8Plan`` as ``python -m training.export --int8`` builds it from a checkpoint's ``state``
+    (``images`` class-balanced training images, seed 0, minmax), else the 7 check images, not judged."""
+    from training.calibration import Int8Plan
+    from training.export import int8_plan, run_datasets
+    from training.onnx_export import check_images
+
+    if state is None:
+        return Int8Plan(images=check_images(card), validation=(), source="the check images")
+    options = argparse.Namespace(
+        workers=0, calibration_images=images, calibration_seed=0, calibration_method="minmax",
+        max_accuracy_drop=max_accuracy_drop,
+    )  # fmt: skip
+    return int8_plan(run_datasets(state, None, None), state["config"], options)
+
+
+def build(args: argparse.Namespace, workdir: Path) -> tuple[torch.nn.Module, dict[str, Runner], dict]:
+    """The model, its exports, and one runner per configuration."""
+    import onnxruntime as ort
+
+    from training.export import export_model
+
+    model, info, state = load_model(args)
     card = export_model(model, info, workdir / "fp32").card
     runners: dict[str, Runner] = {
         EAGER: _eager(model),
-        "ORT CPU, defaults": _ort(workdir / "fp32", "CPUExecutionProvider", None),
-        TUNED: _ort(workdir / "fp32", "CPUExecutionProvider", args.threads),
+        "ORT CPU, defaults": ort_runner(workdir / "fp32", "CPUExecutionProvider", None),
+        TUNED: ort_runner(workdir / "fp32", "CPUExecutionProvider", args.threads),
     }
     if args.fp16:
         export_model(model, info, workdir / "fp16", fp16=True)
-        runners["ORT CPU fp16, tuned"] = _ort(workdir / "fp16", "CPUExecutionProvider", args.threads)
+        runners["ORT CPU fp16, tuned"] = ort_runner(workdir / "fp16", "CPUExecutionProvider", args.threads)
     if args.int8:
         card["quantization"] = _int8_exports(args, model, info, card, workdir, state)
-        runners[FROZEN] = _ort(workdir / "fp32-frozen", "CPUExecutionProvider", args.threads)
-        runners[INT8] = _ort(workdir / "int8", "CPUExecutionProvider", args.threads)
+        runners[FROZEN] = ort_runner(workdir / "fp32-frozen", "CPUExecutionProvider", args.threads)
+        runners[INT8] = ort_runner(workdir / "int8", "CPUExecutionProvider", args.threads)
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        runners["ORT CUDA"] = _ort(workdir / "fp32", "CUDAExecutionProvider", args.threads)
+        runners["ORT CUDA"] = ort_runner(workdir / "fp32", "CUDAExecutionProvider", args.threads)
         if args.fp16:
-            runners["ORT CUDA fp16"] = _ort(workdir / "fp16", "CUDAExecutionProvider", args.threads)
+            runners["ORT CUDA fp16"] = ort_runner(workdir / "fp16", "CUDAExecutionProvider", args.threads)
     return model, runners, card
 
 
@@ -139,18 +161,10 @@ def _int8_exports(
     state: dict | None,
 ) -> dict:
     """Write ``workdir/int8`` (the product's int8 export) and ``workdir/fp32-frozen``; the int8 card's ``quantization``."""
-    from training.export import export_model, int8_plan, run_datasets
-    from training.onnx_export import check_images
-    from training.quantize import Int8Plan, prepare_float
+    from training.export import export_model
+    from training.quantize import prepare_float
 
-    if state is not None:
-        options = argparse.Namespace(
-            workers=0, calibration_images=args.calibration_images, calibration_seed=0,
-            calibration_method="minmax", max_accuracy_drop=args.max_accuracy_drop,
-        )  # fmt: skip
-        plan = int8_plan(run_datasets(state, None, None), state["config"], options)
-    else:
-        plan = Int8Plan(images=check_images(card), validation=(), source="the check images")
+    plan = int8_calibration(state, card, args.calibration_images, args.max_accuracy_drop)
     quantization = export_model(model, info, workdir / "int8", int8=plan).card["quantization"]
     (workdir / "fp32-frozen").mkdir()
     prepare_float(workdir / "fp32" / "encoder.onnx", workdir / "fp32-frozen" / "encoder.onnx")

@@ -61,6 +61,13 @@ from clce_core.export_folder import (
 )
 from clce_core.models import ClassifierModel
 from clce_core.open_set import DEFAULT_KEEP
+from training.calibration import (
+    DEFAULT_CALIBRATION_IMAGES,
+    Int8Plan,
+    balanced_indices,
+    compare_top1,
+    stack_images,
+)
 from training.onnx_export import (
     TOLERANCES,
     ConversionError,
@@ -75,17 +82,7 @@ from training.onnx_export import (
     supported_opsets,
 )
 from training.open_set import OpenSetData, build_open_set, describe_open_set, open_set_data
-from training.quantize import (
-    CALIBRATION_METHODS,
-    DEFAULT_CALIBRATION_IMAGES,
-    SCHEME,
-    Int8Plan,
-    QuantizationError,
-    balanced_indices,
-    compare_top1,
-    quantize_encoder,
-    stack_images,
-)
+from training.quantize import CALIBRATION_METHODS, QuantizationError, Scheme, quantize_encoder
 
 if TYPE_CHECKING:
     from training.datasets import DatasetSplits
@@ -393,7 +390,7 @@ def _quantize(
             f"{int8.validation_source} images: a drop of {check['drop']:.2f} points exceeds "
             f"--max-accuracy-drop {int8.max_accuracy_drop:g}"
         )
-    return encoder, parity, {**SCHEME, "calibration": int8.calibration(), "validation": check}
+    return encoder, parity, {**Scheme().describe(), "calibration": int8.calibration(), "validation": check}
 
 
 # --------------------------------------------------------------------------------------- the CLI

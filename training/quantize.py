@@ -23,8 +23,11 @@ over [-1, 1], and a fine-tuned model amplifies that: on the quick-start checkpoi
 the stem gave a median embedding cosine of 0.89 with the float32 encoder, the whole encoder 0.87;
 the whole encoder but the first two convolutions 0.977. At 224 px they are ~4 % of
 tf_efficientnet_lite0's multiply-adds and cost no measurable speed. The head stays float32 (one
-small matrix product). :func:`balanced_indices` picks the calibration
-images; :func:`compare_top1` checks the int8 encoder against the float32 one on a labelled split.
+small matrix product).
+
+:class:`Scheme` holds these choices; its defaults are the product's, the alternatives exist to be
+measured against them (``benchmarks/int8_variants.py``). The calibration images and the accuracy
+check are in :mod:`training.calibration`.
 """
 
 from __future__ import annotations
@@ -34,30 +37,20 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from clce_core.export_folder import EMBEDDING, ENCODER_INPUT, LOGITS
+from clce_core.export_folder import ENCODER_INPUT
 
 #: ``--calibration-method`` choices: min/max of every tensor over the images, or a histogram method
 #: (which holds every calibrated activation of every image in memory: use fewer images at 224 px).
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-DEFAULT_CALIBRATION_IMAGES = 300
 #: How many convolutions, counted from the input in graph order, stay float32 (with every node before them).
 FLOAT_CONVS = 2
-#: What the card's ``quantization`` says about the scheme (fixed: the one the CPU provider fuses).
-SCHEME = {
-    "format": "QDQ",
-    "weights": "int8, symmetric, per output channel",
-    "activations": "uint8, asymmetric, per tensor",
-    "float32": f"the head and the first {FLOAT_CONVS} convolutions",
-    "tool": "onnxruntime.quantization.quantize_static",
-}
 _MAX_CALIBRATION_BATCH = 16
 
 log = logging.getLogger(__name__)
@@ -68,63 +61,34 @@ class QuantizationError(Exception):
 
 
 @dataclass(frozen=True)
-class Int8Plan:
-    """Everything an int8 export needs besides the model.
+class Scheme:
+    """How :func:`quantize_encoder` quantises. The defaults are the product's (``--int8``).
 
     Attributes:
-        images: calibration images ``(N, 3, H, W)`` float32, through the model's eval transform.
-        validation: labelled batches ``((B, 3, H, W), (B,))`` on which the int8 encoder's top-1 is
-            compared with the float32 encoder's.
-        max_accuracy_drop: refuse the export when top-1 falls by more than this many points.
-        method: one of :data:`CALIBRATION_METHODS`.
-        seed: the seed that chose the calibration images (recorded).
-        source: where the calibration images come from, e.g. ``"fashion-mnist train"``.
-        validation_source: where the validation batches come from, e.g. ``"fashion-mnist val"``.
+        activations: ``"uint8"`` (what the CPU provider fuses with int8 weights) or ``"int8"``
+            (the tool's default).
+        per_channel: int8 weights per output channel, else one scale per tensor.
+        float_convs: convolutions, from the input, that stay float32 with every node before them.
+        freeze_pads: run :func:`freeze_static_pads` first.
     """
 
-    images: np.ndarray
-    validation: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    max_accuracy_drop: float = 1.0
-    method: str = "minmax"
-    seed: int = 0
-    source: str = ""
-    validation_source: str = ""
+    activations: str = "uint8"
+    per_channel: bool = True
+    float_convs: int = FLOAT_CONVS
+    freeze_pads: bool = True
 
-    def calibration(self) -> dict[str, Any]:
-        """The card's ``quantization.calibration``: the images, method and seed."""
+    def describe(self) -> dict[str, str]:
+        """The scheme as the card's ``quantization`` records it."""
         return {
-            "images": len(self.images),
-            "method": self.method,
-            "seed": self.seed,
-            "source": self.source,
-            "class_balanced": True,
+            "format": "QDQ",
+            "weights": f"int8, symmetric, {'per output channel' if self.per_channel else 'per tensor'}",
+            "activations": f"{self.activations}, asymmetric, per tensor",
+            "float32": f"the head and the first {self.float_convs} convolutions",
+            "tool": "onnxruntime.quantization.quantize_static",
         }
 
 
-# --------------------------------------------------------------------------------------- calibration set
-
-
-def balanced_indices(targets: Iterable[int], n: int, seed: int) -> np.ndarray:
-    """Sorted positions of ``n`` items, class-balanced: class counts differ by at most one (seeded).
-
-    Each class's items are shuffled; the first of every class come before the second of any, and
-    the last partial round goes to randomly chosen classes. A class with too few items gives all
-    of them; fewer than ``n`` items in all gives every item.
-    """
-    targets_arr = np.asarray(list(targets), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(targets_arr))
-    rank = np.empty(len(targets_arr), dtype=np.int64)
-    for c in np.unique(targets_arr):
-        members = order[targets_arr[order] == c]
-        rank[members] = np.arange(len(members))
-    picked = np.lexsort((rng.permutation(len(targets_arr)), rank))[:n]  # by rank, ties at random
-    return np.sort(picked)
-
-
-def stack_images(dataset: Any, positions: np.ndarray) -> np.ndarray:
-    """``dataset[i][0]`` for every position, stacked: ``(len(positions), 3, H, W)`` float32."""
-    return np.stack([np.asarray(dataset[int(i)][0], dtype=np.float32) for i in positions])
+# --------------------------------------------------------------------------------------- calibration data
 
 
 def _equal_batch(n: int) -> int:
@@ -218,7 +182,9 @@ def _drop_dead_nodes(graph: Any) -> None:
     graph.initializer.extend(kept)
 
 
-def prepare_float(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+def prepare_float(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], freeze_pads: bool = True
+) -> None:
     """Steps 1 and 2: the float32 encoder with frozen pads, shape-inferred and optimised, at ``target``.
 
     The same function as ``source`` (float32 throughout); what :func:`quantize_encoder` calibrates.
@@ -227,7 +193,8 @@ def prepare_float(source: str | os.PathLike[str], target: str | os.PathLike[str]
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     model = onnx.load(str(source))
-    log.info("froze %d computed Pad inputs", freeze_static_pads(model))
+    if freeze_pads:
+        log.info("froze %d computed Pad inputs", freeze_static_pads(model))
     quant_pre_process(model, str(target))
 
 
@@ -249,7 +216,11 @@ def _input_nodes(nodes: Any, convs: int) -> list[str]:
 
 
 def quantize_encoder(
-    source: str | os.PathLike[str], target: str | os.PathLike[str], images: np.ndarray, method: str = "minmax"
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    images: np.ndarray,
+    method: str = "minmax",
+    scheme: Scheme = Scheme(),  # noqa: B008 (frozen: never mutated)
 ) -> None:
     """Write an int8 (QDQ) copy of the float32 encoder at ``source`` to ``target`` (may be the same path).
 
@@ -258,9 +229,10 @@ def quantize_encoder(
         target: where the int8 encoder goes; its inputs and outputs stay float32.
         images: calibration images ``(N, 3, H, W)`` float32.
         method: one of :data:`CALIBRATION_METHODS`.
+        scheme: what to quantise how (default: the product's).
 
     Raises:
-        QuantizationError: an unknown method, no images, or the tool failed.
+        QuantizationError: an unknown method, no images, or the tool failed or quantised nothing.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -277,7 +249,7 @@ def quantize_encoder(
     with tempfile.TemporaryDirectory(prefix="clce-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
-            prepare_float(source, prepared)
+            prepare_float(source, prepared, scheme.freeze_pads)
             nodes = onnx.load(str(prepared)).graph.node
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
                 quantize_static(
@@ -285,11 +257,11 @@ def quantize_encoder(
                     str(target),
                     _Batches(images, _equal_batch(len(images))),
                     quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
+                    per_channel=scheme.per_channel,
+                    activation_type=QuantType.QUInt8 if scheme.activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8,
                     calibrate_method=methods[method],
-                    nodes_to_exclude=_input_nodes(nodes, FLOAT_CONVS),
+                    nodes_to_exclude=_input_nodes(nodes, scheme.float_convs),
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
                 )
         except (OSError, MemoryError):
@@ -299,44 +271,6 @@ def quantize_encoder(
             raise QuantizationError(f"ONNX Runtime's quantisation tool failed: {first[:300]}") from None
     if not any(node.op_type == "QuantizeLinear" for node in onnx.load(str(target)).graph.node):
         raise QuantizationError(
-            f"ONNX Runtime's quantisation tool found nothing to quantise past the first {FLOAT_CONVS} "
+            f"ONNX Runtime's quantisation tool found nothing to quantise past the first {scheme.float_convs} "
             "convolutions of this encoder; export it without --int8"
         )
-
-
-# --------------------------------------------------------------------------------------- the check
-
-
-def compare_top1(
-    fp32_encoder: Any, int8_encoder: Any, head: Any, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
-) -> dict[str, Any]:
-    """Top-1 of the float32 and the int8 encoder, each followed by the same head, on labelled batches.
-
-    Args:
-        fp32_encoder / int8_encoder / head: ONNX Runtime sessions.
-        loader: batches of ``(images (B, 3, H, W), labels (B,))``.
-
-    Returns:
-        ``images``, ``fp32_top1``, ``int8_top1`` (percent), ``drop`` (fp32 minus int8, points) and
-        ``disagreements`` (images whose two predictions differ).
-    """
-    correct = {"fp32": 0, "int8": 0}
-    differ = total = 0
-    for images, labels in loader:
-        x = images.float().numpy()  # (B, 3, H, W)
-        predictions = {}
-        for name, encoder in (("fp32", fp32_encoder), ("int8", int8_encoder)):
-            embedding = encoder.run([EMBEDDING], {ENCODER_INPUT: x})[0]  # (B, D)
-            predictions[name] = head.run([LOGITS], {EMBEDDING: embedding})[0].argmax(1)  # (B,)
-            correct[name] += int((predictions[name] == labels.numpy()).sum())
-        differ += int((predictions["fp32"] != predictions["int8"]).sum())
-        total += len(labels)
-    pct = 100.0 / max(total, 1)
-    fp32_top1, int8_top1 = correct["fp32"] * pct, correct["int8"] * pct
-    return {
-        "images": total,
-        "fp32_top1": fp32_top1,
-        "int8_top1": int8_top1,
-        "drop": round(fp32_top1 - int8_top1, 6),  # (no 0.20000000000000284 in the card)
-        "disagreements": differ,
-    }

@@ -28,9 +28,10 @@ from serving.app import create_app
 from serving.settings import Settings
 from tests.serving.conftest import files, running
 from training import export, finetune
+from training.calibration import balanced_indices
 from training.checkpoint import model_from_checkpoint
 from training.onnx_export import TOLERANCES, export_onnx, ort_session
-from training.quantize import FLOAT_CONVS, balanced_indices, freeze_static_pads, quantize_encoder
+from training.quantize import FLOAT_CONVS, freeze_static_pads, quantize_encoder
 
 from .test_export import _image_folder, _one_error_line
 
