@@ -81,14 +81,19 @@ def embed(encoder: object, x: np.ndarray) -> np.ndarray:
 def fidelity(
     folder: Path, reference: np.ndarray, x: np.ndarray, y: np.ndarray, fp32_pred: np.ndarray
 ) -> dict:
-    """Embedding cosine with float32's (median, 5th percentile), top-1 and disagreements on ``x``."""
+    """Embedding cosine with float32's (median, 5th percentile), top-1 and disagreements on ``x``.
+
+    Args:
+        folder: the variant's export folder.
+        reference: the float32 embeddings ``(N, D)`` of ``x`` ``(N, 3, H, W)``; ``y`` ``(N,)`` labels;
+            ``fp32_pred`` ``(N,)`` the float32 export's predictions.
+    """
     from training.onnx_export import ort_session
 
     embedding = embed(ort_session(folder / "encoder.onnx"), x)  # (N, D)
     head = ort_session(folder / "head.onnx")
-    cos = (
-        (embedding * reference).sum(1) / np.linalg.norm(embedding, axis=1) / np.linalg.norm(reference, axis=1)
-    )
+    norms = np.linalg.norm(embedding, axis=1) * np.linalg.norm(reference, axis=1)  # (N,)
+    cos = (embedding * reference).sum(1) / np.maximum(norms, 1e-12)  # a zero embedding: cosine 0
     pred = head.run(None, {"embedding": embedding})[0].argmax(1)
     return {
         "cos_median": float(np.median(cos)),
