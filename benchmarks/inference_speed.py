@@ -276,15 +276,19 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with the options :func:`load_model` reads (and ``--threads``), for this and ``int8_variants``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tf_efficientnet_lite0", help="timm model name")
     parser.add_argument("--pretrained", default="packaged", help="packaged, hub, none or a weights file")
     parser.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     parser.add_argument("--checkpoint", help="benchmark a training checkpoint instead of --model")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = model_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per configuration")
     parser.add_argument("--repeats-32", type=int, default=10, help="timed batch calls per configuration")
     parser.add_argument("--batch", type=int, default=32, help="throughput batch size")

@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.harness import RESULTS, load_average, publish
-from benchmarks.inference_speed import int8_calibration, load_model, machine, measure, ort_runner
+from benchmarks.inference_speed import (
+    int8_calibration,
+    load_model,
+    machine,
+    measure,
+    model_parser,
+    ort_runner,
+)
 from training.quantize import Scheme
 
 FP32, FROZEN = "fp32 export (as shipped)", "fp32, pads frozen"
@@ -182,16 +189,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import os
-
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--checkpoint", help="a training run's best.pt (else --model without accuracy)")
-    parser.add_argument("--model", default="tf_efficientnet_lite0", help="timm model name")
-    parser.add_argument("--pretrained", default="packaged", help="packaged, hub, none or a weights file")
-    parser.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads")
+    parser = model_parser(__doc__)
     parser.add_argument("--batch", type=int, default=32, help="throughput batch size")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per variant")
     parser.add_argument("--pause-ms", type=float, default=50, help="sleep before each timed call")
