@@ -3,6 +3,7 @@
     python -m benchmarks.inference_speed                      # tf_efficientnet_lite0, packaged weights, 224 px
     python -m benchmarks.inference_speed --checkpoint runs/X/best.pt --repeats 100
     python -m benchmarks.inference_speed --model resnet50 --pretrained none --threads 4
+    python -m benchmarks.inference_speed --checkpoint runs/quickstart/best.pt --int8   # + int8 rows
 
 One model, built without a training run (``create_model(MODEL, 10, PRETRAINED)``) or from
 ``--checkpoint``, is exported by the product's own ``training.export.export_model`` (so the ONNX
@@ -14,6 +15,13 @@ configuration classifies the same random images, encoder then head, as serving d
 * ``ORT CPU, tuned``: graph optimisation level ``ORT_ENABLE_ALL``, ``intra_op_num_threads = --threads``,
   sequential execution (what a user tunes first);
 * ``ORT CPU fp16`` (with ``--fp16``): the ``--fp16`` export, tuned options;
+* ``ORT CPU int8`` (with ``--int8``): the ``--int8`` export (``training.quantize``), tuned options.
+  With ``--checkpoint`` it is calibrated and judged as ``python -m training.export --int8`` does
+  (``--calibration-images`` from the run's training split, top-1 on its validation split); without
+  one, calibrated on the 7 check images and not judged (no labels): a speed figure only;
+* ``ORT CPU fp32, pads frozen`` (with ``--int8``): the float32 encoder after the int8 path's graph
+  preparation (computed "same" pads frozen, ``quant_pre_process``), to separate what the
+  preparation gains from what int8 gains;
 * ``ORT CUDA`` when onnxruntime has the CUDA execution provider (onnxruntime-gpu).
 
 Latency: median over ``--repeats`` calls at batch 1. Throughput: batch 32 images divided by the
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,10 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.harness import RESULTS, machine_line, publish
+from benchmarks.harness import RESULTS, load_average, machine_line, publish
 
 Runner = Callable[[np.ndarray], np.ndarray]
 EAGER = "PyTorch eager"
+TUNED = "ORT CPU, tuned"
+FROZEN = "ORT CPU fp32, pads frozen"
+INT8 = "ORT CPU int8, tuned"
 
 
 def machine(threads: int) -> str:
@@ -58,7 +70,7 @@ def _eager(model: torch.nn.Module) -> Runner:
     return run
 
 
-def _ort(folder: Path, provider: str, threads: int | None) -> Runner:
+def ort_runner(folder: Path, provider: str, threads: int | None) -> Runner:
     """Encoder then head; ``threads`` None = a session with no options at all."""
     import onnxruntime as ort
 
@@ -80,37 +92,84 @@ def _ort(folder: Path, provider: str, threads: int | None) -> Runner:
     return run
 
 
-def build(args: argparse.Namespace, workdir: Path) -> tuple[torch.nn.Module, dict[str, Runner], dict]:
-    """The model, its exports, and one runner per configuration."""
-    import onnxruntime as ort
-
+def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object, dict | None]:
+    """The model (``--checkpoint``, else ``--model`` built fresh), its card info and the checkpoint's state."""
     from clce_core.models import create_model
-    from training.export import CardInfo, export_model
+    from training.export import CardInfo
 
     if args.checkpoint:
         from training.checkpoint import model_from_checkpoint
 
         model, state = model_from_checkpoint(args.checkpoint)
-        info = CardInfo.from_checkpoint(state, args.checkpoint)
-    else:
-        model = create_model(args.model, 10, args.pretrained, img_size=args.img_size).eval()
-        info = CardInfo.from_model(model)
-        if args.img_size:
-            info.data_config["input_size"] = (3, args.img_size, args.img_size)
+        return model, CardInfo.from_checkpoint(state, args.checkpoint), state
+    model = create_model(args.model, 10, args.pretrained, img_size=args.img_size).eval()
+    info = CardInfo.from_model(model)
+    if args.img_size:
+        info.data_config["input_size"] = (3, args.img_size, args.img_size)
+    return model, info, None
+
+
+def int8_calibration(state: dict | None, card: dict, images: int, max_accuracy_drop: float = 1.0) -> object:
+    """The ``Int8Plan`` as ``python -m training.export --int8`` builds it from a checkpoint's ``state``
+    (``images`` class-balanced training images, seed 0, minmax), else the 7 check images, not judged."""
+    from training.calibration import Int8Plan
+    from training.export import int8_plan, run_datasets
+    from training.onnx_export import check_images
+
+    if state is None:
+        return Int8Plan(images=check_images(card), validation=(), source="the check images")
+    options = argparse.Namespace(
+        workers=0, calibration_images=images, calibration_seed=0, calibration_method="minmax",
+        max_accuracy_drop=max_accuracy_drop,
+    )  # fmt: skip
+    return int8_plan(run_datasets(state, None, None), state["config"], options)
+
+
+def build(args: argparse.Namespace, workdir: Path) -> tuple[torch.nn.Module, dict[str, Runner], dict]:
+    """The model, its exports, and one runner per configuration."""
+    import onnxruntime as ort
+
+    from training.export import export_model
+
+    model, info, state = load_model(args)
     card = export_model(model, info, workdir / "fp32").card
     runners: dict[str, Runner] = {
         EAGER: _eager(model),
-        "ORT CPU, defaults": _ort(workdir / "fp32", "CPUExecutionProvider", None),
-        "ORT CPU, tuned": _ort(workdir / "fp32", "CPUExecutionProvider", args.threads),
+        "ORT CPU, defaults": ort_runner(workdir / "fp32", "CPUExecutionProvider", None),
+        TUNED: ort_runner(workdir / "fp32", "CPUExecutionProvider", args.threads),
     }
     if args.fp16:
         export_model(model, info, workdir / "fp16", fp16=True)
-        runners["ORT CPU fp16, tuned"] = _ort(workdir / "fp16", "CPUExecutionProvider", args.threads)
+        runners["ORT CPU fp16, tuned"] = ort_runner(workdir / "fp16", "CPUExecutionProvider", args.threads)
+    if args.int8:
+        card["quantization"] = _int8_exports(args, model, info, card, workdir, state)
+        runners[FROZEN] = ort_runner(workdir / "fp32-frozen", "CPUExecutionProvider", args.threads)
+        runners[INT8] = ort_runner(workdir / "int8", "CPUExecutionProvider", args.threads)
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        runners["ORT CUDA"] = _ort(workdir / "fp32", "CUDAExecutionProvider", args.threads)
+        runners["ORT CUDA"] = ort_runner(workdir / "fp32", "CUDAExecutionProvider", args.threads)
         if args.fp16:
-            runners["ORT CUDA fp16"] = _ort(workdir / "fp16", "CUDAExecutionProvider", args.threads)
+            runners["ORT CUDA fp16"] = ort_runner(workdir / "fp16", "CUDAExecutionProvider", args.threads)
     return model, runners, card
+
+
+def _int8_exports(
+    args: argparse.Namespace,
+    model: torch.nn.Module,
+    info: object,
+    card: dict,
+    workdir: Path,
+    state: dict | None,
+) -> dict:
+    """Write ``workdir/int8`` (the product's int8 export) and ``workdir/fp32-frozen``; the int8 card's ``quantization``."""
+    from training.export import export_model
+    from training.quantize import prepare_float
+
+    plan = int8_calibration(state, card, args.calibration_images, args.max_accuracy_drop)
+    quantization = export_model(model, info, workdir / "int8", int8=plan).card["quantization"]
+    (workdir / "fp32-frozen").mkdir()
+    prepare_float(workdir / "fp32" / "encoder.onnx", workdir / "fp32-frozen" / "encoder.onnx")
+    shutil.copy(workdir / "fp32" / "head.onnx", workdir / "fp32-frozen" / "head.onnx")
+    return quantization
 
 
 def measure(
@@ -157,8 +216,11 @@ def run(args: argparse.Namespace) -> dict:
         "repeats_batch": args.repeats_32,
         "pause_ms": args.pause_ms,
         "parity": card["parity"],
+        "load_average": load_average(),
         "configs": {},
     }
+    if card.get("quantization"):
+        results["quantization"] = card["quantization"]
     eager_lat = statistics.median(lat[EAGER])
     eager_thr = args.batch / statistics.median(thr[EAGER])
     for name in runners:
@@ -191,23 +253,59 @@ def table(results: dict) -> str:
             f"| {name} | {r['latency_ms']:.2f} | {r['latency_p90_ms']:.2f} | {r['speedup_latency']:.2f} | "
             f"{r['images_per_s']:.1f} | {r['speedup_throughput']:.2f} |"
         )
+    configs = results["configs"]
+    if INT8 in configs:
+        fp32, frozen, int8 = configs[TUNED], configs[FROZEN], configs[INT8]
+        check = results["quantization"]["validation"]
+        accuracy = (
+            f"top-1 on {check['images']} {check['split']} images {check['int8_top1']:.2f}% vs fp32 "
+            f"{check['fp32_top1']:.2f}% (drop {check['drop']:.2f} points)"
+            if check["images"]
+            else "accuracy not checked (no labelled data without --checkpoint)"
+        )
+        lines += [
+            "",
+            f"int8 vs fp32 (both tuned): batch 1 latency {fp32['latency_ms'] / int8['latency_ms']:.2f}× "
+            f"lower, batch {results['batch']} throughput {int8['images_per_s'] / fp32['images_per_s']:.2f}× "
+            f"(vs fp32 with frozen pads: {int8['images_per_s'] / frozen['images_per_s']:.2f}×); {accuracy}.",
+        ]
+    if results.get("load_average"):
+        lines.append(
+            f"Load average at the end (1, 5, 15 min): {', '.join(f'{v:.2f}' for v in results['load_average'])}."
+        )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser with the options :func:`load_model` reads (and ``--threads``), for this and ``int8_variants``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tf_efficientnet_lite0", help="timm model name")
     parser.add_argument("--pretrained", default="packaged", help="packaged, hub, none or a weights file")
     parser.add_argument("--img-size", type=int, default=None, help="input size (default: the model's)")
     parser.add_argument("--checkpoint", help="benchmark a training checkpoint instead of --model")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = model_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=50, help="timed batch-1 calls per configuration")
     parser.add_argument("--repeats-32", type=int, default=10, help="timed batch calls per configuration")
     parser.add_argument("--batch", type=int, default=32, help="throughput batch size")
     parser.add_argument("--warmup", type=int, default=10, help="untimed batch-1 calls per configuration")
     parser.add_argument("--fp16", action="store_true", help="also time the float16 export")
+    parser.add_argument(
+        "--int8", action="store_true", help="also time the int8 export (and fp32, pads frozen)"
+    )
+    parser.add_argument(
+        "--calibration-images", type=int, default=300, help="--int8 with --checkpoint: calibration images"
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=1.0,
+        help="--int8 with --checkpoint: refusal limit (points)",
+    )
     parser.add_argument(
         "--pause-ms", type=float, default=50, help="sleep before each timed call (spinning threads settle)"
     )

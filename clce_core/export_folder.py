@@ -132,7 +132,11 @@ class ModelCard:
         loss: ``{"name", "lam", "tau"}`` of the training run (nulls for a head never trained).
         metrics: Training metrics in percent (``val_top1``, ``test_top1``, ...).
         opset: ONNX opset of the files.
-        precision: Compute precision inside the graphs (``"fp32"``, ``"fp16"``); I/O is float32.
+        precision: Compute precision inside the graphs (``"fp32"``, ``"fp16"``, ``"int8"``); I/O is float32.
+        quantization: int8 only (None otherwise): the scheme (``format``, ``weights``,
+            ``activations``, ...), the ``calibration`` (``images``, ``method``, ``seed``, ``source``)
+            and the top-1 against the float32 encoder (``validation``: ``fp32_top1``, ``int8_top1``,
+            ``drop``, ``max_drop``, ...).
         open_set: How ``prototypes.npy`` was made and the calibrated rejection ``threshold`` (a cosine
             in [-1, 1] or null), e.g. ``{"threshold", "keep", "calibration_images", ...}``; None when
             the export has no prototypes (docs/export.md, "Open-set prototypes").
@@ -160,6 +164,7 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     opset: int | None = None
     precision: str = "fp32"
+    quantization: dict[str, Any] | None = None
     open_set: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
@@ -194,6 +199,8 @@ class ModelCard:
         for key in ("model_name", "precision", "created"):
             put(key, str(getattr(self, key)))
         put("loss", _mapping(self.loss, "loss"))
+        if self.quantization is not None:
+            put("quantization", _mapping(self.quantization, "quantization"))
         put("metrics", _mapping(self.metrics, "metrics"))
         put("versions", {k: str(v) for k, v in _mapping(self.versions, "versions").items()})
         put("files", _mapping(self.files, "files"))

@@ -4,6 +4,7 @@
     python -m training.export --checkpoint runs/X/best.pt --output models/X-fp16 --fp16 --force
     python -m training.export --checkpoint runs/X/best.pt --output models/X --check-accuracy
     python -m training.export --checkpoint runs/X/best.pt --output models/X --no-open-set
+    python -m training.export --checkpoint runs/X/best.pt --output models/X-int8 --int8
 
 Writes ``OUTPUT/encoder.onnx`` (pixel_values (N, 3, H, W) -> embedding (N, D), un-normalised),
 ``OUTPUT/head.onnx`` (embedding -> logits (N, C)), ``OUTPUT/prototypes.npy`` (the training-class
@@ -18,8 +19,14 @@ split (eval transform, the exported encoder); a rejection threshold is calibrate
 split: the highest cosine that keeps --open-set-keep (95%) of the validation images. Both need the
 run's data (--dataset/--data-dir to point elsewhere); --no-open-set exports without them.
 
-Exit codes: 0 exported; 1 the export did not match PyTorch (nothing written); 2 bad arguments,
-checkpoint or output folder.
+--int8 quantises the verified float32 encoder statically (training/quantize.py: QDQ, int8 weights
+per channel, uint8 activations) on --calibration-images class-balanced images of the run's training
+split, checks it against PyTorch with the int8 tolerances (training/onnx_export.py) and refuses the
+export when its top-1 on the run's validation split falls more than --max-accuracy-drop points
+below the float32 export's. The head stays float32. See docs/export.md "int8".
+
+Exit codes: 0 exported; 1 the export did not match PyTorch or lost too much accuracy (nothing
+written); 2 bad arguments, checkpoint, data or output folder.
 """
 
 from __future__ import annotations
@@ -54,6 +61,13 @@ from clce_core.export_folder import (
 )
 from clce_core.models import ClassifierModel
 from clce_core.open_set import DEFAULT_KEEP
+from training.calibration import (
+    DEFAULT_CALIBRATION_IMAGES,
+    Int8Plan,
+    balanced_indices,
+    compare_top1,
+    stack_images,
+)
 from training.onnx_export import (
     TOLERANCES,
     ConversionError,
@@ -68,11 +82,13 @@ from training.onnx_export import (
     supported_opsets,
 )
 from training.open_set import OpenSetData, build_open_set, describe_open_set, open_set_data
+from training.quantize import CALIBRATION_METHODS, QuantizationError, Scheme, quantize_encoder
 
 if TYPE_CHECKING:
     from training.datasets import DatasetSplits
 
 DEFAULT_OPSET = 17
+log = logging.getLogger(__name__)
 
 
 class ExportError(Exception):
@@ -241,6 +257,7 @@ def export_model(
     images: np.ndarray | None = None,
     accuracy_loader: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
     open_set: OpenSetData | None = None,
+    int8: Int8Plan | None = None,
 ) -> ExportResult:
     """Export ``model`` to ``output``/{encoder.onnx, head.onnx, model.json}, verified, then renamed into place.
 
@@ -254,12 +271,16 @@ def export_model(
         accuracy_loader: labelled batches (eval transform) on which ONNX top-1 is compared with PyTorch's
             once; the numbers go into the card as ``accuracy``.
         open_set: training and validation batches for ``prototypes.npy`` and the calibrated threshold
-            (:mod:`training.open_set`); None: an export without them.
+            (:mod:`training.open_set`), made with the exported encoder (the int8 one with ``int8``);
+            None: an export without them.
+        int8: quantise the encoder to int8 with these calibration images, after the float32 files
+            pass; refused when top-1 on ``int8.validation`` drops more than ``int8.max_accuracy_drop``.
 
     Raises:
-        ExportError: bad output path, opset or labels, the exporter failed, or the open-set data
-            cannot make prototypes (nothing is written).
-        ParityError: ONNX Runtime disagrees with PyTorch beyond the tolerance (nothing is written).
+        ExportError: bad output path, opset or labels, the exporter or quantiser failed, or the
+            open-set data cannot make prototypes (nothing is written).
+        ParityError: ONNX Runtime disagrees with PyTorch beyond the tolerance, or the int8 encoder
+            loses too much top-1 (nothing is written).
     """
     output = Path(output)
     lo, hi = supported_opsets()
@@ -268,17 +289,19 @@ def export_model(
             f"--opset {opset} is not supported by torch {torch.__version__}'s legacy ONNX exporter "
             f"(opsets {lo}-{hi}); use --opset {DEFAULT_OPSET}"
         )
+    if fp16 and int8 is not None:
+        raise ExportError("--fp16 and --int8 exclude each other; choose one")
     check_output(output, force)
     model = model.float().cpu().eval()
     if len(info.labels) != model.num_classes:
         raise ExportError(f"{len(info.labels)} labels for a head with {model.num_classes} classes")
     c, h, w = (int(v) for v in info.data_config["input_size"])
-    precision = "fp16" if fp16 else "fp32"
+    precision = "fp16" if fp16 else "int8" if int8 is not None else "fp32"
     try:
         card = build_card(info, model.embedding_dim, opset, precision)
     except ExportFolderError as e:
         raise ExportError(f"the model card cannot be written: {e}") from None
-    tol = TOLERANCES[precision]
+    tol = TOLERANCES["fp16" if fp16 else "fp32"]
     images = check_images(info.data_config) if images is None else images
     with _staging_folder(output) as tmp:
         try:
@@ -302,14 +325,19 @@ def export_model(
         failures = parity_failures(parity, tol)
         if failures:
             raise ParityError(f"the {precision} export does not match PyTorch: {'; '.join(failures)}")
+        if int8 is not None:
+            encoder, parity, quantization = _quantize(tmp / ENCODER_FILE, model, encoder, head, images, int8)
+            tol = replace(TOLERANCES["int8"], top1_points=int8.max_accuracy_drop)
+            card = replace(card, quantization=quantization)
         extras: dict[str, Any] = {"parity": parity}
         if accuracy_loader is not None:
             accuracy = evaluate_accuracy(model, encoder, head, accuracy_loader)
             extras["accuracy"] = accuracy
-            if not abs(accuracy["onnx_top1"] - accuracy["torch_top1"]) <= tol.top1_points:
+            diff = accuracy["torch_top1"] - accuracy["onnx_top1"]
+            if not (diff if int8 is not None else abs(diff)) <= tol.top1_points:  # int8: only a drop counts
                 raise ParityError(
                     f"ONNX top-1 {accuracy['onnx_top1']:.2f}% vs PyTorch {accuracy['torch_top1']:.2f}% on "
-                    f"{accuracy['images']} images differs by more than {tol.top1_points} points"
+                    f"{accuracy['images']} images differs by more than {tol.top1_points:g} points"
                 )
         extra_files = []
         if open_set is not None:
@@ -330,6 +358,39 @@ def export_model(
         except OSError as e:
             raise ExportError(f"cannot move the export into {output}: {e.strerror or e}") from None
     return ExportResult(output, card.raw)
+
+
+def _quantize(
+    path: Path, model: ClassifierModel, fp32_encoder: Any, head: Any, images: np.ndarray, int8: Int8Plan
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Quantise the verified encoder at ``path`` in place and judge it.
+
+    Returns:
+        The int8 encoder's session, its parity with PyTorch and the card's ``quantization``.
+
+    Raises:
+        ExportError: the quantiser failed.
+        ParityError: the int8 files miss the int8 tolerance, or top-1 drops too far.
+    """
+    try:
+        quantize_encoder(path, path, int8.images, int8.method)
+    except QuantizationError as e:
+        raise ExportError(str(e)) from None
+    encoder = ort_session(path)
+    tol = TOLERANCES["int8"]
+    parity = measure_parity(model, encoder, head, images, tol)
+    failures = parity_failures(parity, tol)
+    if failures:
+        raise ParityError(f"the int8 export does not match PyTorch: {'; '.join(failures)}")
+    check = compare_top1(fp32_encoder, encoder, head, int8.validation)
+    check.update(split=int8.validation_source, max_drop=int8.max_accuracy_drop)
+    if not check["drop"] <= int8.max_accuracy_drop:
+        raise ParityError(
+            f"int8 top-1 {check['int8_top1']:.2f}% vs fp32 {check['fp32_top1']:.2f}% on {check['images']} "
+            f"{int8.validation_source} images: a drop of {check['drop']:.2f} points exceeds "
+            f"--max-accuracy-drop {int8.max_accuracy_drop:g}"
+        )
+    return encoder, parity, {**Scheme().describe(), "calibration": int8.calibration(), "validation": check}
 
 
 # --------------------------------------------------------------------------------------- the CLI
@@ -378,6 +439,34 @@ def accuracy_loader(data: DatasetSplits, split: str, workers: int) -> tuple[Any,
     return DataLoader(subset, batch_size=64, num_workers=workers), f"{data.name} {split}"
 
 
+def int8_plan(data: DatasetSplits, config: dict[str, Any], args: argparse.Namespace) -> Int8Plan:
+    """Calibration images from the run's training split and its validation split, as ``--int8`` uses them.
+
+    Args:
+        data: :func:`run_datasets`' dataset (eval transform on every split).
+        config: the run's config; the validation split is capped at its ``val_per_class`` as in
+            training (:func:`training.open_set.open_set_data`).
+        args: ``calibration_images``, ``calibration_seed``, ``calibration_method``,
+            ``max_accuracy_drop`` and ``workers``.
+    """
+    positions = balanced_indices(data.train.targets, args.calibration_images, args.calibration_seed)
+    if len(positions) < args.calibration_images:
+        log.warning(
+            "calibrating on all %d images of the training split (asked for %d)",
+            len(positions),
+            args.calibration_images,
+        )
+    return Int8Plan(
+        images=stack_images(data.train, positions),
+        validation=open_set_data(data, config, workers=args.workers).val,
+        max_accuracy_drop=args.max_accuracy_drop,
+        method=args.calibration_method,
+        seed=args.calibration_seed,
+        source=f"{data.name} train",
+        validation_source=f"{data.name} val",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.export",
@@ -392,6 +481,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--fp16",
         action="store_true",
         help="compute in float16 inside the graphs (inputs/outputs stay float32)",
+    )
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="quantise the encoder to int8 (static, calibrated on the run's training split; head stays fp32)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=int,
+        help=f"--int8: class-balanced training images to calibrate on (default {DEFAULT_CALIBRATION_IMAGES})",
+    )
+    parser.add_argument(
+        "--calibration-method", choices=CALIBRATION_METHODS, help="--int8: activation ranges (default minmax)"
+    )
+    parser.add_argument("--calibration-seed", type=int, help="--int8: seed choosing the images (default 0)")
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        help="--int8: refuse if validation top-1 falls more than this many points below fp32 (default 1.0)",
     )
     parser.add_argument("--force", action="store_true", help="replace an existing export in --output")
     parser.add_argument(
@@ -423,11 +531,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INT8_DEFAULTS = {
+    "calibration_images": DEFAULT_CALIBRATION_IMAGES,
+    "calibration_method": "minmax",
+    "calibration_seed": 0,
+    "max_accuracy_drop": 1.0,
+}
+
+
+def _int8_arguments(args: argparse.Namespace) -> str | None:
+    """Fill the --int8 options' defaults; the reason they cannot be used, or None."""
+    given = [name for name in INT8_DEFAULTS if getattr(args, name) is not None]
+    if given and not args.int8:
+        return f"--{given[0].replace('_', '-')} needs --int8"
+    if args.int8 and args.fp16:
+        return "--fp16 and --int8 exclude each other; choose one"
+    for name, default in INT8_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.calibration_images < 1:
+        return f"--calibration-images must be at least 1, got {args.calibration_images}"
+    if not args.max_accuracy_drop >= 0:
+        return f"--max-accuracy-drop must be a number of points >= 0, got {args.max_accuracy_drop}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = build_parser().parse_args(argv)
     if not 0.0 < args.open_set_keep <= 1.0:
         print(f"error: --open-set-keep is a fraction in (0, 1], got {args.open_set_keep}", file=sys.stderr)
+        return 2
+    problem = _int8_arguments(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from training.checkpoint import CheckpointError, model_from_checkpoint
     from training.datasets import DatasetError
@@ -440,20 +577,24 @@ def main(argv: list[str] | None = None) -> int:
             raise CheckpointError(
                 f"checkpoint {args.checkpoint} does not describe a model ({e!s:.200})"
             ) from None
-        loader, described, open_set = None, "", None
+        loader, described, open_set, plan = None, "", None, None
         check_accuracy = args.check_accuracy or args.dataset or args.data_dir
-        if check_accuracy or not args.no_open_set:
+        if check_accuracy or args.int8 or not args.no_open_set:
             try:
                 data = run_datasets(state, args.dataset, args.data_dir)
             except DatasetError as e:
                 hint = (
-                    "" if check_accuracy else "; or pass --no-open-set to export without open-set prototypes"
+                    ""
+                    if check_accuracy or args.int8
+                    else "; or pass --no-open-set to export without open-set prototypes"
                 )
                 raise DatasetError(f"{e}{hint}") from None
         if check_accuracy:
             loader, described = accuracy_loader(data, args.split, args.workers)
         if not args.no_open_set:
             open_set = open_set_data(data, state["config"], args.open_set_keep, args.workers)
+        if args.int8:
+            plan = int8_plan(data, state["config"], args)
         result = export_model(
             model,
             info,
@@ -463,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             accuracy_loader=loader,
             open_set=open_set,
+            int8=plan,
         )
     except (CheckpointError, ExportError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -483,6 +625,14 @@ def main(argv: list[str] | None = None) -> int:
         f"parity (ONNX Runtime CPU vs PyTorch, {parity['images']} check images at batch {batches}): ", end=""
     )
     print(describe_parity(parity))
+    if card.get("quantization"):
+        cal, check = card["quantization"]["calibration"], card["quantization"]["validation"]
+        print(
+            f"int8 (calibrated on {cal['images']} {cal['source']} images, {cal['method']}, seed {cal['seed']}): "
+            f"top-1 on {check['images']} {check['split']} images {check['int8_top1']:.2f}% vs fp32 "
+            f"{check['fp32_top1']:.2f}% (drop {check['drop']:.2f} points, limit {check['max_drop']:g}); "
+            f"{check['disagreements']} predictions differ"
+        )
     if "accuracy" in card:
         acc, recorded = card["accuracy"], card["metrics"].get(f"{args.split}_top1")
         note = f", recorded in training {recorded:.2f}%" if isinstance(recorded, int | float) else ""

@@ -22,7 +22,7 @@ CONTRACT_KEYS = [  # CONTRACTS "Export folder", in its order
     "schema_version", "model_name", "labels", "embedding_dim", "input_size", "interpolation", "crop_pct",
     "mean", "std", "loss", "metrics", "opset", "versions", "files", "created",
 ]  # fmt: skip
-EXTRA_KEYS = ["crop_mode", "precision", "open_set", "parity"]
+EXTRA_KEYS = ["crop_mode", "precision", "quantization", "open_set", "parity"]
 COLOURS = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200), "grey": (128, 128, 128)}
 
 
@@ -91,7 +91,7 @@ def test_export_folder_and_parity(model: str, checkpoints: dict[str, Path], tmp_
     torch_model, state = model_from_checkpoint(checkpoints[model])
     assert card["schema_version"] == 1 and card["model_name"] == model and card["opset"] == 17
     assert card["labels"] == state["classes"] and card["embedding_dim"] == torch_model.embedding_dim
-    assert card["input_size"] == [3, 32, 32] and card["precision"] == "fp32"
+    assert card["input_size"] == [3, 32, 32] and card["precision"] == "fp32" and card["quantization"] is None
     assert card["loss"] == {"name": "clce", "lam": state["config"]["lam"], "tau": state["config"]["tau"]}
     assert card["metrics"]["val_top1"] == state["metrics"]["val_top1"] and "test_top1" in card["metrics"]
     assert set(card["versions"]) == {"torch", "timm", "onnx"} and card["created"].endswith("Z")
@@ -342,9 +342,14 @@ def test_export_model_without_checkpoint(tmp_path: Path, capsys) -> None:
 
     out = tmp_path / "speed.json"
     small = ["--model", "test_efficientnet", "--pretrained", "none", "--img-size", "32", "--batch", "4"]
-    inference_speed.main([*small, "--repeats", "2", "--repeats-32", "1", "--warmup", "1", "--pause-ms", "0", "--output", str(out)])  # fmt: skip
+    inference_speed.main([*small, "--int8", "--repeats", "2", "--repeats-32", "1", "--warmup", "1", "--pause-ms", "0", "--output", str(out)])  # fmt: skip
     results = json.loads(out.read_text())
     assert results["parity"]["top1_mismatches"] == 0 and results["input_size"] == [3, 32, 32]
     assert {"PyTorch eager", "ORT CPU, defaults", "ORT CPU, tuned"} <= set(results["configs"])
+    assert {"ORT CPU int8, tuned", "ORT CPU fp32, pads frozen"} <= set(results["configs"])
     assert all(r["latency_ms"] > 0 and r["images_per_s"] > 0 for r in results["configs"].values())
-    assert "| ORT CPU, tuned |" in capsys.readouterr().out
+    assert results["quantization"]["calibration"]["images"] == 7  # the check images: no labels, no check
+    assert results["quantization"]["validation"]["images"] == 0
+    out_text = capsys.readouterr().out
+    assert "| ORT CPU, tuned |" in out_text and "| ORT CPU int8, tuned |" in out_text
+    assert "int8 vs fp32 (both tuned)" in out_text and "accuracy not checked" in out_text
