@@ -78,7 +78,7 @@ def time_matmul(emb: torch.Tensor, device: str) -> float:
 
 def peak_memory_mb(name: str, rows: int, dim: int, device: str) -> float:
     """Extra peak memory (MiB) of one forward + backward of loss ``name``."""
-    if device == "cuda":
+    if device.startswith("cuda"):
         emb, labels = make_batch(rows, dim, device)
         fn = LOSSES[name]()
         base = reset_peak_memory(device)
@@ -105,25 +105,45 @@ def _memory_child(name: str, rows: int, dim: int) -> None:
     print(peak_memory_mib("cpu") - before)
 
 
-def run(rows_list: list[int], dim: int, repeats: int, device: str) -> dict:
+def _fits(fn: LossFn, emb: torch.Tensor, labels: torch.Tensor, device: str) -> bool:
+    """One warm-up step; False when it runs out of CUDA memory (e.g. under a memory cap)."""
+    try:
+        time_step(fn, emb, labels, device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return False
+    return True
+
+
+def run(rows_list: list[int], dim: int, repeats: int, device: str, memory: bool = True) -> dict:
+    """Time every loss of :data:`LOSSES` and the matmul floor at each M of ``rows_list`` on ``device``.
+
+    Args:
+        memory: also measure each loss's peak memory (on the CPU a fresh process per loss and M).
+
+    Returns:
+        ``{"machine", "device", "dim", "repeats", "rows": {M: {name: {"median_ms", ...}}}}``; a loss
+        that runs out of CUDA memory at some M has ``{"does_not_fit": True}`` there.
+    """
     results = {"machine": machine_line(), "device": device, "dim": dim, "repeats": repeats, "rows": {}}
     for rows in rows_list:
         emb, labels = make_batch(rows, dim, device)
-        fns = {name: make() for name, make in LOSSES.items()}
-        for fn in fns.values():  # warm-up
-            time_step(fn, emb, labels, device)
+        made = {name: make() for name, make in LOSSES.items()}
+        fns = {name: fn for name, fn in made.items() if _fits(fn, emb, labels, device)}  # warm-up
         times: dict[str, list[float]] = {name: [] for name in fns}
         times["matmul"] = []
         for _ in range(repeats):
             for name, fn in fns.items():
                 times[name].append(time_step(fn, emb, labels, device))
             times["matmul"].append(time_matmul(emb, device))
-        row = {
+        row: dict[str, dict] = {
             name: {"median_ms": 1e3 * statistics.median(t), "all_ms": [1e3 * x for x in t]}
             for name, t in times.items()
         }
-        for name in fns:
-            row[name]["peak_mb"] = peak_memory_mb(name, rows, dim, device)
+        row.update({name: {"does_not_fit": True} for name in made if name not in fns})
+        if memory:
+            for name in fns:
+                row[name]["peak_mb"] = peak_memory_mb(name, rows, dim, device)
         results["rows"][str(rows)] = row
         print(f"M={rows} done", file=sys.stderr)
     return results
@@ -138,13 +158,17 @@ def table(results: dict) -> str:
         "|---:|---|---:|---:|---:|---:|",
     ]
     for rows, row in results["rows"].items():
-        peer = row[PEER]["median_ms"]
+        peer = row[PEER].get("median_ms")
         floor = 3 * row["matmul"]["median_ms"]
         for name in LOSSES:
             r = row[name]
+            if r.get("does_not_fit"):
+                lines.append(f"| {rows} | {name} | does not fit | | | |")
+                continue
+            x_peer = f"{r['median_ms'] / peer:.2f}" if peer else "–"
+            peak = f"{r['peak_mb']:.0f}" if "peak_mb" in r else "–"
             lines.append(
-                f"| {rows} | {name} | {r['median_ms']:.1f} | {r['median_ms'] / peer:.2f} | "
-                f"{r['median_ms'] / floor:.2f} | {r['peak_mb']:.0f} |"
+                f"| {rows} | {name} | {r['median_ms']:.1f} | {x_peer} | {r['median_ms'] / floor:.2f} | {peak} |"
             )
         lines.append(f"| {rows} | one M×M×D matmul | {row['matmul']['median_ms']:.1f} | | | |")
     return "\n".join(lines)

@@ -25,7 +25,20 @@ logger = logging.getLogger(__name__)
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
-_CUDA_OPTIONS = {"device_id": "0", "arena_extend_strategy": "kSameAsRequested"}
+# The server's batches vary in size (1 to max_batch, whatever the queue holds), so every option below
+# is about shapes that change from call to call:
+# - arena_extend_strategy kSameAsRequested: the arena grows by what a call asks for, not by doubling
+#   (the default kNextPowerOfTwo can reserve about twice the memory a max_batch call needs);
+# - cudnn_conv_algo_search HEURISTIC: cuDNN picks a convolution algorithm from its heuristics; the
+#   default EXHAUSTIVE benchmarks every algorithm on each new input shape, so each batch size seen for
+#   the first time stalls a request (seconds for a big model) and takes extra workspace memory;
+# - do_copy_in_default_stream 1: input and output copies on the compute stream (no race between them).
+CUDA_OPTIONS = {
+    "device_id": "0",
+    "arena_extend_strategy": "kSameAsRequested",
+    "cudnn_conv_algo_search": "HEURISTIC",
+    "do_copy_in_default_stream": "1",
+}
 
 Device = Literal["cpu", "cuda", "auto"]
 #: Inputs or outputs of a graph: ``(name, shape)``, symbolic dimensions as None or strings.
@@ -44,7 +57,7 @@ def choose_providers(device: Device) -> list[str | tuple[str, dict[str, str]]]:
     if device == "cpu":
         return [CPU_PROVIDER]
     if CUDA_PROVIDER in available:
-        return [(CUDA_PROVIDER, dict(_CUDA_OPTIONS)), CPU_PROVIDER]
+        return [(CUDA_PROVIDER, dict(CUDA_OPTIONS)), CPU_PROVIDER]
     if device == "cuda":
         logger.error(
             "CLCE_DEVICE=cuda but this onnxruntime build has no %s (available: %s); install "
