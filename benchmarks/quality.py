@@ -127,9 +127,20 @@ def embed(model: Any, data_config: dict, images: Any) -> np.ndarray:
     return embed_images(model, images, transform=eval_transform(data_config), show_progress=False)
 
 
-def log(row: dict) -> None:
-    shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-    print(json.dumps(shown), file=sys.stderr, flush=True)
+class RowLog:
+    """Each finished run: one rounded line on stderr (progress), one exact JSON line in ``path``
+    (``OUTPUT_DIR/NAME.runs.jsonl``), so a run stopped half-way keeps every row it finished."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+
+    def __call__(self, row: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+        print(json.dumps(shown), file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------ glyphs
@@ -148,7 +159,7 @@ def few_shot(emb: np.ndarray, labels: np.ndarray, recipe: Recipe, seed: int, cla
     return out
 
 
-def glyph_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], work: Path,
+def glyph_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], work: Path, record: RowLog,
                 batch_sizes: list[int] | None = None, floor: bool = True) -> list[dict]:  # fmt: skip
     novel = load_class_set("glyphs64", "test")  # the 144 novel classes: reported, never chosen on
     base = load_class_set("glyphs64", "train")  # the 96 fine-tuning classes: SimpleShot's centre
@@ -160,7 +171,7 @@ def glyph_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], w
         for seed in seeds:
             rows.append({"suite": "glyphs", "setting": "frozen", "loss": "frozen", "batches": "—", "seed": seed,
                          **few_shot(emb, novel.targets, recipe, seed, CLASSIFIERS, base_mean)})  # fmt: skip
-            log(rows[-1])
+            record(rows[-1])
     for batch_size in batch_sizes or [recipe.batch_size]:
         for seed in seeds:
             for composition, loss in runs:
@@ -176,7 +187,7 @@ def glyph_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], w
                 rows.append({"suite": "glyphs", "setting": f"batch {batch_size}", "loss": loss, "batches": composition,
                              "seed": seed, "base_top1": final.get("test_top1"), "seconds": seconds,
                              **few_shot(emb, novel.targets, recipe, seed, CLASSIFIERS if every else ("prototype",), base_mean)})  # fmt: skip
-                log(rows[-1])
+                record(rows[-1])
     return rows
 
 
@@ -223,7 +234,7 @@ def linear_probe(recipe: Recipe, k: int, seed: int, encoder: Any) -> dict[str, f
     }
 
 
-def fmnist_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], work: Path,
+def fmnist_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], work: Path, record: RowLog,
                  floor: bool = True) -> list[dict]:  # fmt: skip
     rows = []
     encoder = (
@@ -237,7 +248,7 @@ def fmnist_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], 
             if encoder is not None:
                 rows.append({"suite": "fmnist", "setting": f"K={k}", "loss": "probe", "batches": "—", "seed": seed,
                              **linear_probe(recipe, k, seed, encoder)})  # fmt: skip
-                log(rows[-1])
+                record(rows[-1])
             for composition, loss in runs:
                 cfg = run_config(recipe, composition, loss, seed, batch_size, epochs, dataset="fashion-mnist",
                                  lr=recipe.fmnist_lr, head_lr=recipe.fmnist_head_lr,
@@ -247,7 +258,7 @@ def fmnist_suite(recipe: Recipe, runs: list[tuple[str, str]], seeds: list[int], 
                 _, final, seconds = finetune(cfg)
                 rows.append({"suite": "fmnist", "setting": f"K={k}", "loss": loss, "batches": composition, "seed": seed,
                              "top1": final["test_top1"], "seconds": seconds, "epochs": epochs, "batch_size": batch_size})  # fmt: skip
-                log(rows[-1])
+                record(rows[-1])
     return rows
 
 
@@ -359,13 +370,16 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    record = RowLog(out / f"{name}.runs.jsonl")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             work = out / "runs" if args.keep_runs else Path(tmp)
             if "fmnist" in suites:
-                rows += fmnist_suite(recipe, runs, seeds, work)
+                rows += fmnist_suite(recipe, runs, seeds, work, record)
             if "glyphs" in suites:
-                rows += glyph_suite(recipe, runs, seeds, work, args.batch_sweep, floor=not args.batch_sweep)
+                rows += glyph_suite(
+                    recipe, runs, seeds, work, record, args.batch_sweep, floor=not args.batch_sweep
+                )
     except DatasetError as e:
         fail(str(e))
     minutes = (time.perf_counter() - start) / 60
