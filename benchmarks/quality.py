@@ -20,7 +20,8 @@ by ``python -m benchmarks.recipe_search`` on the glyph VALIDATION classes and th
 validation split; this script touches the novel classes and the test split once per final run.
 Batch composition: ``balanced`` batches hold B/m classes × m images (m = 4), ``random`` is plain
 shuffling. CE runs with both, and the better of the two is the baseline the others must beat; the
-contrastive losses use balanced batches (the composition validation chose for CLCE).
+contrastive losses use balanced batches (the composition validation chose for CLCE on the glyphs;
+see benchmarks/README.md for Fashion-MNIST).
 
 Seeds (default 0–4): a seed fixes the data split, data order and head initialisation for every loss,
 so differences are PAIRED per seed: mean ± 95% Student-t interval of the per-seed differences; a

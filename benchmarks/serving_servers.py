@@ -72,8 +72,8 @@ def server_specs(model_dir: Path, db: Path, args: argparse.Namespace) -> dict[st
         return ServerSpec(name, cmd, "/health/ready", {**env, **variant}, batches=True, code=where_code)
 
     def peer(name: str, *extra: str) -> ServerSpec:
-        script = REPO / "benchmarks" / "peers" / f"{name}_server.py"
-        cmd = [sys.executable, str(script), "--model-dir", str(model_dir), "--port", "{port}", *extra]
+        module = f"benchmarks.peers.{name}_server"
+        cmd = [sys.executable, "-m", module, "--model-dir", str(model_dir), "--port", "{port}", *extra]
         return ServerSpec(name, cmd, "/health", {}, batches=False)
 
     h11 = ["--loop", "asyncio", "--http", "h11"]

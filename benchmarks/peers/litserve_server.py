@@ -1,6 +1,6 @@
 """Peer for benchmarks/serving_load.py: LitServe (PyPI ``litserve``) with its dynamic batching.
 
-    python benchmarks/peers/litserve_server.py --model-dir models/NAME --port 8002 [--max-batch 32 --max-wait-ms 5]
+    python -m benchmarks.peers.litserve_server --model-dir models/NAME --port 8002 [--max-batch 32 --max-wait-ms 5]
 
 LitServe's API server parses the multipart form and hands it to a worker process, which decodes
 each request (``decode_request``: the one loading rule and timm's eval transform,
@@ -11,7 +11,6 @@ arrive within ``--max-wait-ms`` (``max_batch_size`` / ``batch_timeout``) and run
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import litserve as ls
@@ -19,12 +18,10 @@ import numpy as np
 import onnxruntime as ort
 from fastapi import Request
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.peers.plain_server import session_options  # noqa: E402
-from clce_core.export_folder import read_card  # noqa: E402
-from clce_core.metrics import softmax  # noqa: E402
-from clce_core.preprocessing import load_image  # noqa: E402
+from benchmarks.peers.plain_server import session_options
+from clce_core.export_folder import read_card
+from clce_core.metrics import softmax
+from clce_core.preprocessing import load_image
 
 
 class ClassifyAPI(ls.LitAPI):

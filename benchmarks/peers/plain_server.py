@@ -1,6 +1,6 @@
 """Peer for benchmarks/serving_load.py: the FastAPI + onnxruntime server a user would write by hand.
 
-    python benchmarks/peers/plain_server.py --model-dir models/NAME --port 8001
+    python -m benchmarks.peers.plain_server --model-dir models/NAME --port 8001
 
 No batching: a plain ``def`` endpoint, so FastAPI runs each request in its thread pool, where the
 upload is decoded (the one loading rule and timm's eval transform, ``clce_core.preprocessing``),
@@ -12,7 +12,6 @@ session options as the CLCE server, so the comparison is about the serving path 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,9 @@ import onnxruntime as ort
 import uvicorn
 from fastapi import FastAPI, File, UploadFile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from clce_core.export_folder import read_card  # noqa: E402
-from clce_core.metrics import softmax  # noqa: E402
-from clce_core.preprocessing import load_image  # noqa: E402
+from clce_core.export_folder import read_card
+from clce_core.metrics import softmax
+from clce_core.preprocessing import load_image
 
 
 def session_options(intra_op_threads: int = 0) -> ort.SessionOptions:

@@ -1,0 +1,1 @@
+"""The servers benchmarks/serving_load.py compares the CLCE server with (run as ``python -m benchmarks.peers.NAME``)."""
