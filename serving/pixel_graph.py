@@ -73,11 +73,13 @@ def with_pixel_input(
         The serialised composed model, for ``onnxruntime.InferenceSession``.
 
     Raises:
-        ValueError: the encoder imports no ai.onnx opset; onnx's own errors where it cannot compose.
+        ValueError: the encoder imports no ai.onnx opset, or a node's input is produced nowhere;
+            onnx's own errors where it cannot compose.
     """
     opset = next((o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         raise ValueError("the encoder imports no ai.onnx opset")
+    encoder = topologically_sorted(encoder)
     pre = compose.add_prefix(
         pixel_graph(height, width, mean, std, opset, encoder.ir_version),
         _PREFIX,
@@ -86,3 +88,38 @@ def with_pixel_input(
     )
     merged = compose.merge_models(pre, encoder, io_map=[(ENCODER_INPUT, ENCODER_INPUT)])
     return merged.SerializeToString()
+
+
+def topologically_sorted(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose top-level nodes come after the nodes that produce their inputs.
+
+    ONNX Runtime accepts a graph in any node order, but ``onnx.compose`` checks the order: an
+    ``--fp16`` export (onnxconverter-common's float16 conversion appends the input and output
+    ``Cast`` nodes at the end of the graph) would not compose otherwise. Stable: a sorted graph keeps
+    its order.
+
+    Raises:
+        ValueError: some node's input is neither a graph input, an initializer nor another node's output.
+    """
+    graph = model.graph
+    ready = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        left = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            missing = sorted({n for node in left for n in node.input if n not in ready})
+            raise ValueError(
+                f"the encoder's nodes read tensors that nothing produces: {', '.join(missing[:5])}"
+            )
+        pending = left
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    del result.graph.node[:]
+    result.graph.node.extend(ordered)
+    return result

@@ -20,10 +20,10 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks import serving_load
 from benchmarks.gpu.plan import Plan
 from benchmarks.gpu.serving import ready_report
 from benchmarks.harness import REPO, Server, free_port, module_command
+from benchmarks.serving_setup import load_jpegs
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "yellow": (220, 200, 40)}
 CHILD_TIMEOUT_S = 300
@@ -117,7 +117,7 @@ def section(plan: Plan, work: Path) -> dict[str, Any]:
         server.wait_ready(120)
         ready = ready_report(server.url, device)
         ready["seconds_to_ready"] = time.perf_counter() - start
-        photos = serving_load.load_jpegs(None)[:2]
+        photos = load_jpegs(None)[:2]
         files = [("images", (name, data, "image/jpeg")) for name, data in photos]
         r = httpx.post(f"{server.url}/classify", files=files, params={"top_k": 1}, timeout=60)
     answer = r.json()

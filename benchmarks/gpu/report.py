@@ -67,7 +67,7 @@ def inference(s: dict[str, Any]) -> list[str]:
 def serving(s: dict[str, Any]) -> list[str]:
     lines = [
         f"`python -m serving {s['device_setting'].split(' (')[0]}` on the {s['model']} fp32 export, "
-        "one JPEG per request, `benchmarks.serving_load.drive`.",
+        "one JPEG per request, `benchmarks.load_client.drive`.",
         "",
         "| batching | concurrency | requests | req/s | images/s | p50 (ms) | p99 (ms) | errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",

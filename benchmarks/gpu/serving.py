@@ -2,10 +2,11 @@
 
 ``python -m serving --device cuda`` (the same field as ``CLCE_DEVICE=cuda``) serves the
 ``tf_efficientnet_lite0`` fp32 export of the inference section (made here if that section did not
-run), started and driven by ``benchmarks/serving_load.py``'s own :func:`~benchmarks.serving_load.server`
-and :func:`~benchmarks.serving_load.drive` (httpx async client, real JPEG photographs, one image
-per request), batching on (``max_batch``, 5 ms) and off, at each concurrency of the plan; then the
-ONNX sessions alone at batch 1 and ``max_batch`` (:func:`~benchmarks.serving_load.direct_throughput`).
+run), started as the load benchmark starts it (:func:`benchmarks.serving_servers.server_specs`:
+``clce`` with batching, ``max_batch`` and 5 ms, and ``clce-nobatch``) and driven by its keep-alive
+client (:func:`benchmarks.load_client.drive`, real JPEG photographs, one image per request) at each
+concurrency of the plan; then the ONNX sessions alone at batch 1 and ``max_batch``
+(:func:`benchmarks.serving_load.direct_throughput`).
 
 ``/health/ready`` is read after warm-up: ``ready``, ``device`` and ``providers``; on CUDA the check is
 that the first provider is ``CUDAExecutionProvider`` (the server reports not ready otherwise, and
@@ -15,15 +16,19 @@ the load points are then not run).
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 
-from benchmarks import serving_load
 from benchmarks.gpu.inference import export_folder
 from benchmarks.gpu.plan import Plan, skipped
+from benchmarks.load_client import drive, multipart_request
+from benchmarks.serving_load import direct_throughput
+from benchmarks.serving_servers import running, server_specs
+from benchmarks.serving_setup import load_jpegs
 
 MAX_WAIT_MS = 5.0
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -59,17 +64,26 @@ def section(plan: Plan, work: Path) -> dict[str, Any]:
         return skipped(
             f"ONNX Runtime's {CUDA_PROVIDER} does not run the export here: install onnxruntime-gpu"
         )
-    args = SimpleNamespace(concurrency=list(plan.concurrency), images_per_request=1, device=device)
-    images = serving_load.load_jpegs(None)
+    args = SimpleNamespace(
+        concurrency=list(plan.concurrency), images_per_request=1, device=device, max_batch=plan.max_batch,
+        max_wait_ms=MAX_WAIT_MS,
+    )  # fmt: skip
+    images = load_jpegs(None)
     points, ready = [], {}
-    for batching, max_batch, max_wait in (("on", plan.max_batch, MAX_WAIT_MS), ("off", 1, 0.0)):
-        with serving_load.server(model_dir, max_batch, max_wait, args) as (url, _pid):
-            ready[batching] = ready_report(url, device)
-            for c in plan.concurrency:
-                point = asyncio.run(serving_load.drive(url, images, c, plan.requests, plan.max_seconds, 1))
-                points.append({"batching": batching, "max_batch": max_batch, **point})
+    with tempfile.TemporaryDirectory() as db:
+        specs = server_specs(model_dir, Path(db), args)
+        for batching, name, max_batch in (("on", "clce", plan.max_batch), ("off", "clce-nobatch", 1)):
+            with running(specs[name]) as (port, _pid):
+                ready[batching] = ready_report(f"http://127.0.0.1:{port}", device)
+                host = f"127.0.0.1:{port}"
+                requests = [multipart_request(host, "/classify?top_k=1", "images", [image]) for image in images]
+                for c in plan.concurrency:
+                    point = asyncio.run(drive("127.0.0.1", port, requests, c, plan.requests, plan.max_seconds))
+                    row = point.summary()
+                    points.append({"batching": batching, "max_batch": max_batch, **row,
+                                   "images_per_s": row["requests_per_s"]})  # fmt: skip
     direct = [
-        serving_load.direct_throughput(model_dir, images, b, device, seconds=min(5.0, plan.max_seconds))
+        direct_throughput(model_dir, images, b, device, seconds=min(5.0, plan.max_seconds))
         for b in sorted({1, plan.max_batch})
     ]
     top = max(plan.concurrency)
