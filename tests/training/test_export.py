@@ -56,14 +56,19 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def _real_images(data_config: dict) -> np.ndarray:
-    """7 photographs (scikit-image) and variants through the model's timm eval transform: (7, 3, H, W)."""
+def _photos() -> list[Image.Image]:
+    """7 photographs (scikit-image) and variants, RGB."""
     from skimage import data
 
     photos = [data.coffee(), data.chelsea(), data.astronaut(), data.rocket()]
     photos += [photos[0][:, ::-1], photos[1][::2, ::3], np.stack([data.camera()] * 3, -1)]
+    return [Image.fromarray(np.ascontiguousarray(p)) for p in photos]
+
+
+def _real_images(data_config: dict) -> np.ndarray:
+    """:func:`_photos` through the model's timm eval transform: (7, 3, H, W)."""
     tf = eval_transform(data_config)
-    return np.stack([tf(Image.fromarray(np.ascontiguousarray(p))).numpy() for p in photos])
+    return np.stack([tf(photo).numpy() for photo in _photos()])
 
 
 def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
@@ -216,6 +221,14 @@ def test_fp16_keeps_float32_io_and_top1(model: str, checkpoints: dict[str, Path]
     logits = ort_session(out / "head.onnx").run(None, {"embedding": emb})[0]
     assert (logits.argmax(1) == ref.argmax(1)).all()
     assert np.abs(logits - ref).max() <= TOLERANCES["fp16"].logits_rel * max(1.0, np.abs(ref).max())
+    # the server's runtime (its uint8 pixel graph composed in front of the fp16 encoder) runs it too
+    from clce_core.export_folder import read_card
+    from serving.sessions import ModelRuntime
+
+    served = read_card(out)
+    crops = np.stack([served.preprocess.to_uint8(photo) for photo in _photos()])  # (7, H, W, 3) uint8
+    plain = ort_session(out / "encoder.onnx").run(None, {"pixel_values": served.preprocess.normalize(crops)})[0]
+    np.testing.assert_array_equal(ModelRuntime(served).run(crops)[0], plain)
 
 
 @pytest.mark.slow
