@@ -302,6 +302,28 @@ def apply_overrides(recipe: Recipe, items: list[str]) -> Recipe:
     return recipe
 
 
+def combine(folders: list[Path], name: str) -> dict:
+    """The results of runs made in several output folders, as one: every finished run from each
+    folder's ``NAME.runs.jsonl`` (a run that two folders both made counts once, the first folder's),
+    each folder's header and minutes where it finished (``NAME.json``)."""
+    rows, seen, headers, minutes = [], set(), [], []
+    for folder in folders:
+        done, lines = folder / f"{name}.json", folder / f"{name}.runs.jsonl"
+        part = json.loads(done.read_text()) if done.exists() else None
+        if part is not None:
+            headers.append(f"[{folder.name}] {part['header']}")
+            minutes.append(part["minutes"])
+        else:
+            headers.append(f"[{folder.name}] stopped before the end; its finished runs are included.")
+        found = [json.loads(line) for line in lines.read_text().splitlines()] if lines.exists() else None
+        for row in found if found is not None else (part or {}).get("runs", []):
+            key = (row["suite"], row["setting"], row["loss"], row["batches"], row["seed"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return {"machine": machine_line(), "header": " ".join(headers), "minutes": minutes, "runs": rows}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -328,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=RESULTS / "quality")
     p.add_argument("--replot", action="store_true", help="redraw the table and plot from OUTPUT_DIR's JSON")
     p.add_argument("--combine", nargs="+", type=Path, metavar="DIR",
-                   help="join the JSON of runs made separately (e.g. one process per suite, each on its own "
-                        "core) into OUTPUT_DIR's table, JSON and plot")  # fmt: skip
+                   help="join the runs of several output folders (e.g. one process per suite or per seed, "
+                        "each on its own core; a stopped one counts with the runs it finished) into "
+                        "OUTPUT_DIR's table, JSON and plot")  # fmt: skip
     p.add_argument(
         "--keep-runs", action="store_true", help="keep the run folders (checkpoints) in OUTPUT_DIR/runs"
     )
@@ -343,10 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.output_dir
     if args.replot or args.combine:
         if args.combine:
-            parts = [json.loads((d / f"{name}.json").read_text()) for d in args.combine]
-            saved = {**parts[0], "runs": [r for part in parts for r in part["runs"]],
-                     "header": " ".join(f"[{d.name}] {part['header']}" for d, part in zip(args.combine, parts, strict=True)),
-                     "minutes": [part["minutes"] for part in parts]}  # fmt: skip
+            saved = combine(args.combine, name)
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}.json").write_text(json.dumps(saved, indent=1))
         else:

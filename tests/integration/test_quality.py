@@ -71,6 +71,30 @@ def test_quick_run_writes_the_tables_with_paired_differences(tmp_path: Path) -> 
     assert "| frozen encoder + linear probe |" in table and "SimpleShot" in table
     assert (out / "quality.png").stat().st_size > 0
 
+    # runs made in two processes, one of them stopped half-way, join into one table; none twice
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    lines = (out / "quality.runs.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == runs  # every finished run, exact, as it finished
+    (stopped / "quality.runs.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    joined = tmp_path / "joined"
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.quality",
+        "--combine",
+        str(out),
+        str(stopped),
+        "--output-dir",
+        str(joined),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env={**_environ(), **env}, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((joined / "quality.json").read_text())["runs"] == runs
+    assert "[stopped] stopped before the end" in (joined / "quality.md").read_text()
+
 
 def test_bad_override_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
