@@ -1,6 +1,6 @@
 """Does CLCE pay off? Every loss of the registry against CE and the frozen encoder, over paired seeds.
 
-    python -m benchmarks.quality                  # the default recipe (chosen on validation data; ≤ 75 min on 2 CPU cores)
+    python -m benchmarks.quality                  # the default recipe (chosen on validation data; budget 75 min on 2 CPU cores)
     python -m benchmarks.quality --quick          # 3 seeds, a shorter recipe (≤ 20 min)
     python -m benchmarks.quality --full           # longer: more epochs and steps, the whole test split, 3000 episodes
     python -m benchmarks.quality --suite glyphs --batch-sweep 64 128 256 --losses ce supcon clce --seeds 0 1 2
