@@ -138,10 +138,15 @@ class RowLog:
         path.write_text("")
 
     def __call__(self, row: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-        print(json.dumps(shown), file=sys.stderr, flush=True)
+        append_row(self.path, row)
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append ``row`` exactly to the JSONL file ``path``; show it, rounded, on stderr (progress)."""
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+    print(json.dumps(shown), file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------ glyphs
@@ -201,11 +206,30 @@ def fmnist_batch_and_epochs(recipe: Recipe, k: int) -> tuple[int, int]:
     return batch_size, max(1, round(recipe.fmnist_steps / ((10 * k) // batch_size)))
 
 
+#: The linear probe's grid: (L2-normalise the features?, inverse regularisation C).
+PROBE_GRID = [(norm, c) for norm in (False, True) for c in (0.01, 0.1, 1.0, 10.0, 100.0)]
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray) -> tuple[float, Any, bool]:
+    """Logistic regression on features ``x`` ``(N, D)`` / labels ``y`` ``(N,)`` for every point of
+    :data:`PROBE_GRID`; the one best on ``(vx, vy)`` (the first on ties): (its validation top-1 in %,
+    the fitted classifier, whether it normalises)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from clce_core.fewshot import l2_normalize
+
+    best: tuple[float, Any, bool] = (-1.0, None, False)
+    for norm, c in PROBE_GRID:
+        f = l2_normalize if norm else np.asarray
+        clf = LogisticRegression(C=c, max_iter=3000).fit(f(x), y)
+        val = 100.0 * float((clf.predict(f(vx)) == vy).mean())
+        best = max(best, (val, clf, norm), key=lambda b: b[0])
+    return best
+
+
 def linear_probe(recipe: Recipe, k: int, seed: int, encoder: Any) -> dict[str, float]:
     """Logistic regression on the frozen encoder's features of the run's K images per class; C (and
     whether to L2-normalise) chosen on 50 validation images per class; top-1 on the runs' test subset."""
-    from sklearn.linear_model import LogisticRegression
-
     from clce_core.fewshot import l2_normalize
 
     def features(split: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -218,14 +242,7 @@ def linear_probe(recipe: Recipe, k: int, seed: int, encoder: Any) -> dict[str, f
     if recipe.fmnist_test_per_class is not None:  # the subset Run evaluates (seed 0, as RunConfig does)
         test = test.subset(take_per_class(test.targets, recipe.fmnist_test_per_class, 0))
     tx, ty = features(test)
-    best = (-1.0, None, False)
-    for norm in (False, True):
-        f = l2_normalize if norm else (lambda a: a)
-        for c in (0.01, 0.1, 1.0, 10.0, 100.0):
-            clf = LogisticRegression(C=c, max_iter=3000).fit(f(x), y)
-            val = 100.0 * float((clf.predict(f(vx)) == vy).mean())
-            best = max(best, (val, clf, norm), key=lambda b: b[0])
-    val, clf, norm = best
+    val, clf, norm = fit_probe(x, y, vx, vy)
     pred = clf.predict(l2_normalize(tx) if norm else tx)
     return {
         "top1": 100.0 * float((pred == ty).mean()),
@@ -309,6 +326,10 @@ def combine(folders: list[Path], name: str) -> dict:
     rows, seen, headers, minutes = [], set(), [], []
     for folder in folders:
         done, lines = folder / f"{name}.json", folder / f"{name}.runs.jsonl"
+        if not done.exists() and not lines.exists():
+            fail(
+                f"--combine {folder}: no {name}.json or {name}.runs.jsonl there (is it an --output-dir of this benchmark?)"
+            )
         part = json.loads(done.read_text()) if done.exists() else None
         if part is not None:
             headers.append(f"[{folder.name}] {part['header']}")

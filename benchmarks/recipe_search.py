@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,17 @@ from typing import Any
 import numpy as np
 
 from benchmarks.harness import RESULTS, fail, machine_line
-from benchmarks.quality import DEFAULT, Recipe, embed, few_shot, finetune, fmnist_batch_and_epochs, run_config
+from benchmarks.quality import (
+    DEFAULT,
+    Recipe,
+    append_row,
+    embed,
+    few_shot,
+    finetune,
+    fit_probe,
+    fmnist_batch_and_epochs,
+    run_config,
+)
 from training.datasets import DatasetError, build_datasets, take_per_class
 from training.embed import load_class_set, load_encoder
 
@@ -53,7 +62,6 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 FMNIST_VAL_PER_CLASS = 50  # the images that score a Fashion-MNIST variant
-PROBE_GRID = [(norm, c) for norm in (False, True) for c in (0.01, 0.1, 1.0, 10.0, 100.0)]
 
 
 def recipe_for(changes: dict[str, Any]) -> Recipe:
@@ -79,11 +87,8 @@ class Log:
 
     def add(self, row: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(self.path, row)
         self.done.add((row["variant"], row["composition"], row["loss"], row["seed"]))
-        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
-        print(json.dumps(shown), file=sys.stderr, flush=True)
 
 
 def search_glyphs(name: str, changes: dict, runs: list[tuple[str, str]], seeds: list[int], log: Log,
@@ -140,10 +145,6 @@ def validation_top1(run: Any, seed: int) -> float:
 
 def floors(seeds: list[int], logs: dict[str, Log]) -> None:
     """The frozen encoder on the glyph val classes, and the probe grid on Fashion-MNIST validation, per size."""
-    from sklearn.linear_model import LogisticRegression
-
-    from clce_core.fewshot import l2_normalize
-
     val = load_class_set("glyphs64", "val")
     for size in (48, 64):
         recipe = dataclasses.replace(START, img_size=size)
@@ -164,13 +165,9 @@ def floors(seeds: list[int], logs: dict[str, Log]) -> None:
                     "fashion-mnist", None, False, None, None, train_per_class=k, seed=seed
                 ).train
                 x, y = embed(enc.model, enc.data_config, train), np.asarray(train.targets)
-                best = max(
-                    ((100.0 * float((LogisticRegression(C=c, max_iter=3000).fit(f(x), y).predict(f(vx)) == vy).mean()),
-                      c, norm) for norm, c in PROBE_GRID for f in [l2_normalize if norm else np.asarray]),
-                    key=lambda t: t[0],
-                )  # fmt: skip
+                val_top1, clf, norm = fit_probe(x, y, vx, vy)
                 logs["fmnist"].add({"suite": "fmnist", "variant": name, "composition": "-", "loss": "probe",
-                                    "seed": seed, "C": best[1], "l2": best[2], "val_top1": best[0]})  # fmt: skip
+                                    "seed": seed, "C": float(clf.C), "l2": norm, "val_top1": val_top1})  # fmt: skip
 
 
 def summary(logs: dict[str, Log]) -> str:
