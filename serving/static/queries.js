@@ -22,7 +22,8 @@ export function initQueries(root, info, { source, onSupportError }) {
   const slider = root.querySelector("#threshold");
   const output = root.querySelector("#threshold-value");
   let generation = 0;
-  let timer = null;
+  let timer = null; // a rerun of every query, waiting for the support to settle
+  let rerunning = false; // a rerun of every query is in flight
 
   root
     .querySelector("#query-drop")
@@ -36,6 +37,10 @@ export function initQueries(root, info, { source, onSupportError }) {
     for (const q of queries) URL.revokeObjectURL(q.url);
     queries.length = 0;
     generation += 1;
+    clearTimeout(timer);
+    timer = null;
+    rerunning = false;
+    markBusy();
     status.textContent = "";
     render();
   });
@@ -47,21 +52,50 @@ export function initQueries(root, info, { source, onSupportError }) {
   slider.addEventListener("input", relabel);
   openSet.addEventListener("change", relabel);
   relabel();
+  markBusy();
 
+  /** New queries are labelled; if every query is due to be labelled again, that run takes them too. */
   function add(files) {
     const fresh = files.map(newItem);
     queries.unshift(...fresh);
-    run(fresh);
+    if (timer !== null || rerunning) rerunAll();
+    else run(fresh);
   }
 
   /** The support changed: label every query again (after a short pause, so a burst is one run). */
   function supportChanged() {
     clearTimeout(timer);
-    timer = setTimeout(() => run(queries.filter((q) => !q.error)), RERUN_DELAY_MS);
+    timer = setTimeout(rerunAll, RERUN_DELAY_MS);
+    markBusy();
   }
 
+  async function rerunAll() {
+    clearTimeout(timer);
+    timer = null;
+    rerunning = true;
+    const gen = await run(queries.filter((q) => !q.error));
+    if (gen === generation) rerunning = false;
+    markBusy();
+  }
+
+  /** aria-busy on the results while labels may still change: a rerun waiting, or any run in flight. */
+  function markBusy(inFlight = false) {
+    list.setAttribute("aria-busy", String(inFlight || timer !== null || rerunning));
+  }
+
+  /** Label `targets` with the current support; resolves to this run's generation. */
   async function run(targets) {
     const gen = ++generation;
+    markBusy(true);
+    try {
+      await label(targets, gen);
+    } finally {
+      if (gen === generation) markBusy();
+    }
+    return gen;
+  }
+
+  async function label(targets, gen) {
     const src = source();
     if (!src.setId && !src.support.length) {
       status.textContent = targets.length

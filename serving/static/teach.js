@@ -76,14 +76,19 @@ export function initTeach(root, info) {
   async function addImages(cls, files) {
     const fresh = files.map((file) => Object.assign(newItem(file), { label: cls.name }));
     cls.items.push(...fresh);
+    cls.busy = (cls.busy ?? 0) + 1; // aria-busy on the class until its images are ready
     render();
-    await prepareAll(fresh, info.limits);
-    if (state.set) {
-      await upload(
-        fresh.filter((i) => !i.error),
-        state.set.id,
-      );
-      sets.refresh();
+    try {
+      await prepareAll(fresh, info.limits);
+      if (state.set) {
+        await upload(
+          fresh.filter((i) => !i.error),
+          state.set.id,
+        );
+        sets.refresh();
+      }
+    } finally {
+      cls.busy -= 1;
     }
     render();
     queries.supportChanged();
@@ -178,7 +183,12 @@ export function initTeach(root, info) {
     const removable = !state.set || (storedCount === 0 && !cls.items.some((i) => i.stored));
     return h(
       "li",
-      { class: "class", dataset: { class: cls.name }, vars: { c: classColour(cls.name) } },
+      {
+        class: "class",
+        dataset: { class: cls.name },
+        vars: { c: classColour(cls.name) },
+        "aria-busy": cls.busy ? "true" : null,
+      },
       h(
         "div",
         { class: "class-head" },

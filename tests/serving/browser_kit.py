@@ -132,6 +132,14 @@ def wait_labelled(page: Any, names: list[str]) -> None:
     )
 
 
+def wait_settled(page: Any) -> None:
+    """Until no class is still preparing its images and no query labels are due to change."""
+    page.wait_for_function(
+        """() => !document.querySelector('li.class[aria-busy="true"]')
+            && document.querySelector('#query-results')?.getAttribute('aria-busy') === 'false'"""
+    )
+
+
 def sent_images(request: Any) -> list[bytes]:
     """The image files of a multipart request the page made, as the server received them."""
     head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()

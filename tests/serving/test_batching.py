@@ -216,12 +216,15 @@ async def test_a_large_request_runs_its_first_images_while_the_rest_decode() -> 
         await batcher.stop()
 
 
-async def test_more_concurrent_requests_never_mean_smaller_batches(
+async def test_a_burst_of_requests_rides_in_a_few_large_batches(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # issue 14: at concurrency 64 the mean batch fell to 2.5 from 10-15 at 32. With a model call of
     # 30 ms, requests that arrive during a call must join the next batch, however many there are.
-    app = create_app(make_settings(max_batch=32, max_wait_ms=5, max_queue=256, warmup=False))
+    # A burst of 32 may already fill every batch to the cap, so 64 is held to half the cap, not to 32's
+    # mean (which two arrivals a few milliseconds apart can split into three calls instead of two).
+    max_batch = 32
+    app = create_app(make_settings(max_batch=max_batch, max_wait_ms=5, max_queue=256, warmup=False))
     async with running(app) as client:
         _slow_down(app.state.service.batcher, monkeypatch, 0.03)
         means = {}
@@ -232,4 +235,4 @@ async def test_more_concurrent_requests_never_mean_smaller_batches(
             after = histogram((await client.get("/metrics")).text, "clce_batch_size")
             calls = after["count"] - before.get("count", 0)
             means[concurrency] = concurrency / calls
-    assert means[64] >= means[32] > 1, means
+    assert means[32] > 1 and means[64] >= max_batch / 2, means

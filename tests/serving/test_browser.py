@@ -35,6 +35,7 @@ from tests.serving.browser_kit import (
     photographs,
     sent_images,
     wait_labelled,
+    wait_settled,
 )
 from tests.serving.conftest import REPO, free_port, server_process
 
@@ -145,12 +146,14 @@ def _teach(tab: Tab, photos: dict[str, Any]) -> None:
         )
     for name in TAUGHT:
         page.wait_for_selector(f'li.class[data-class="{name}"] .count:text("2 images")')
+    wait_settled(page)
 
 
 def _query(tab: Tab, photos: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     files = [str(photos["queries"][n]) for n in TAUGHT]
     tab.page.locator("#query-drop input[type=file]").set_input_files(files)
     wait_labelled(tab.page, [Path(f).name for f in files])
+    wait_settled(tab.page)
     return labels(tab.page)
 
 
