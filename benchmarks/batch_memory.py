@@ -37,8 +37,8 @@ from benchmarks import harness
 from clce_core.losses import create_loss
 from clce_core.models import create_model
 from training.config import RunConfig
-from training.engine import StepContext, resolve_amp, train_step
-from training.optim import param_groups, warmup_cosine
+from training.engine import StepContext, build_step_context, resolve_amp, train_step
+from training.optim import build_optimizer, build_scheduler
 
 
 # ------------------------------------------------------------------------------------------------ child
@@ -54,28 +54,15 @@ def make_batch(
 
 def build_context(args: argparse.Namespace, chunk_size: int | None, device: torch.device) -> StepContext:
     """A StepContext as ``training.finetune`` builds it, with the fine-tuning defaults."""
-    defaults = RunConfig()
+    cfg = RunConfig(
+        dataset="synthetic", model=args.model, loss=args.loss, amp=args.amp, chunk_size=chunk_size
+    ).resolved()
     torch.manual_seed(0)
-    model = create_model(args.model, args.num_classes, "none", img_size=args.img_size).to(device).train()
-    head_lr = defaults.head_lr if defaults.head_lr is not None else 10 * defaults.lr
-    optimizer = torch.optim.AdamW(
-        param_groups(model, defaults.lr, head_lr, defaults.weight_decay), lr=defaults.lr
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(1000, 10))
-    amp_dtype = resolve_amp(args.amp, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    loss_fn = create_loss(args.loss, **RunConfig(loss=args.loss).loss_kwargs()).to(device)
-    return StepContext(
-        model,
-        loss_fn,
-        optimizer,
-        scheduler,
-        device,
-        amp_dtype,
-        scaler,
-        defaults.clip_grad,
-        chunk_size=chunk_size,
-    )
+    model = create_model(cfg.model, args.num_classes, "none", img_size=args.img_size).to(device).train()
+    optimizer = build_optimizer(cfg, model, device)
+    scheduler = build_scheduler(cfg, optimizer, steps_per_epoch=100)
+    loss_fn = create_loss(cfg.loss, **cfg.loss_kwargs()).to(device)
+    return build_step_context(cfg, model, loss_fn, optimizer, scheduler, device)
 
 
 def _child(args: argparse.Namespace) -> None:
