@@ -127,21 +127,29 @@ def _describe(key: Key) -> str:
 
 def comparison_rows(
     rows: list[dict], suite: str, setting: str, comparisons: list
-) -> list[tuple[str, dict[str, list[float]], str]]:
-    """(label, {metric: per-seed differences}, what the sides resolved to) for each comparison that applies."""
+) -> list[tuple[str, dict[str, list[float]], dict[str, str]]]:
+    """(label, {metric: per-seed differences}, {metric: what the sides resolved to}) for each
+    comparison that applies. A side such as ``best`` may resolve to another group for each metric."""
     groups = _groups(rows, suite, setting)
     out = []
     for label, a_sel, b_sel in comparisons:
-        diffs, sides = {}, ""
+        diffs, sides = {}, {}
         for metric in METRICS[suite]:
             a, b = resolve(rows, groups, a_sel, metric), resolve(rows, groups, b_sel, metric)
             if a is None or b is None or a == b:
                 continue
             diffs[metric] = paired(rows, a, b, metric)
-            sides = f"{_describe(a)} − {_describe(b)}"
+            sides[metric] = f"{_describe(a)} − {_describe(b)}"
         if diffs:
             out.append((label, diffs, sides))
     return out
+
+
+def _sides_cell(sides: dict[str, str]) -> str:
+    """One description when every metric compares the same groups, else one per metric."""
+    if len(set(sides.values())) == 1:
+        return next(iter(sides.values()))
+    return "; ".join(f"{LABELS[m]}: {side}" for m, side in sides.items())
 
 
 def verdict(rows: list[dict], suite: str, setting: str) -> str:
@@ -157,7 +165,7 @@ def verdict(rows: list[dict], suite: str, setting: str) -> str:
             parts.append(f"{label} {mean:+.2f} (one seed: no interval)")
             continue
         sig = "significant" if abs(mean) > half else "not significant"
-        parts.append(f"{label} {mean:+.2f} ± {half:.2f} ({sig}; {sides})")
+        parts.append(f"{label} {mean:+.2f} ± {half:.2f} ({sig}; {sides[metric]})")
     return f"{LABELS[metric]}: " + "; ".join(parts) + "." if parts else ""
 
 
@@ -200,7 +208,7 @@ def markdown(rows: list[dict], header: str) -> str:
                           "|---|---|" + "---:|" * len(METRICS[suite])]  # fmt: skip
                 for label, diffs, sides in found:
                     cells = [_cell(diffs.get(m, []), signed=True, mark=True) for m in METRICS[suite]]
-                    lines.append(f"| {label} | {sides} | " + " | ".join(cells) + " |")
+                    lines.append(f"| {label} | {_sides_cell(sides)} | " + " | ".join(cells) + " |")
                 lines.append("")
             if not sweep or suite != "glyphs":
                 v = verdict(rows, suite, setting)
