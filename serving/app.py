@@ -92,7 +92,9 @@ class ServingApp(FastAPI):
     and :class:`~serving.drain.DrainMiddleware` inside it (a 503 while draining has the identity too)."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestIdMiddleware(DrainMiddleware(super().build_middleware_stack(), self.state.drain))
+        inner = super().build_middleware_stack()
+        drain = DrainMiddleware(inner, self.state.drain, self.state.settings.max_upload_bytes)
+        return RequestIdMiddleware(drain)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

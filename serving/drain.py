@@ -5,7 +5,9 @@ serving.app:create_app --factory``):
 
 1. ``/health/ready`` answers 503 (reason ``draining``) at once, so a load balancer stops sending;
 2. every NEW request gets 503 ``draining`` (JSON, with ``Connection: close``): the client may retry
-   on another instance, nothing was done. ``/health/*`` and ``/metrics`` still answer;
+   on another instance, nothing was done. Its body is read first (up to ``CLCE_MAX_UPLOAD_BYTES``)
+   and dropped: a server that answers and closes while the client is still uploading makes the
+   client see a broken connection instead of the 503. ``/health/*`` and ``/metrics`` still answer;
 3. the requests admitted before (queued for the model or running) finish normally;
 4. when none is left, or after ``CLCE_DRAIN_SECONDS`` (default 30) at the latest, the server is
    told to exit the way it exits on SIGTERM without us (uvicorn's own handler: close connections,
@@ -75,17 +77,24 @@ class Drain:
 
 
 class DrainMiddleware:
-    """Count the requests in flight; while draining, answer new ones with 503 ``draining``."""
+    """Count the requests in flight; while draining, answer new ones with 503 ``draining``.
 
-    def __init__(self, app: ASGIApp, drain: Drain) -> None:
+    Args:
+        max_body_bytes: The most of a refused request's body that is read (and dropped) before the
+            503, so that the client is not cut off mid-upload; a larger body gets the 503 after that.
+    """
+
+    def __init__(self, app: ASGIApp, drain: Drain, max_body_bytes: int) -> None:
         self.app = app
         self.drain = drain
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(EXEMPT):
             await self.app(scope, receive, send)
             return
         if self.drain.draining:
+            await _discard_body(receive, self.max_body_bytes)
             refuse = error_response(503, "draining", DRAINING_MESSAGE, {"Connection": "close"})
             await refuse(scope, receive, send)
             return
@@ -94,6 +103,18 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.drain.in_flight -= 1
+
+
+async def _discard_body(receive: Receive, max_bytes: int) -> None:
+    """Read the request body to its end (or the client's disconnect, or ``max_bytes``) and drop it."""
+    read = 0
+    while read <= max_bytes:
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # http.disconnect
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _exit_like(loop: asyncio.AbstractEventLoop, previous: Any) -> Callable[[bool], None]:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from serving.app import create_app
-from serving.drain import Drain
+from serving.drain import Drain, DrainMiddleware
 from serving.settings import Settings
 from tests.serving.conftest import assert_error, files, image_bytes, running
 from tests.serving.processes import Server, start_server
@@ -64,6 +64,36 @@ async def test_drain_waits_for_requests_in_flight_then_gives_up_at_the_deadline(
     drain.in_flight = 0
     await asyncio.sleep(0.05)
     assert finished == [False]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("chunks", "max_bytes", "read"), [(4, 1 << 20, 4), (4, 1500, 2)])
+async def test_a_refused_request_is_answered_after_its_body_is_read(
+    chunks: int, max_bytes: int, read: int
+) -> None:
+    # an answer sent while the client still uploads, then Connection: close, reaches the client as a
+    # broken connection (CI saw two transport errors instead of 503s): read the body first, bounded
+    drain = Drain(seconds=1)
+    drain.draining = True
+    events: list[str] = []
+    pieces = [
+        {"type": "http.request", "body": b"x" * 1000, "more_body": i < chunks - 1} for i in range(chunks)
+    ]
+
+    async def receive() -> dict:
+        events.append("body")
+        return pieces.pop(0) if pieces else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        events.append(message["type"])
+
+    async def never(*args: object) -> None:
+        raise AssertionError("a refused request reached the app")
+
+    scope = {"type": "http", "method": "POST", "path": "/classify", "headers": [], "query_string": b""}
+    await DrainMiddleware(never, drain, max_bytes)(scope, receive, send)
+    assert events[: read + 1] == ["body"] * read + ["http.response.start"], events
+    assert drain.in_flight == 0
 
 
 @dataclass
