@@ -6,7 +6,7 @@
     python -m benchmarks.inference_speed --checkpoint runs/quickstart/best.pt --int8   # + int8 rows
 
 One model, built without a training run (``create_model(MODEL, 10, PRETRAINED)``) or from
-``--checkpoint``, is exported by the product's own ``training.export.export_model`` (so the ONNX
+``--checkpoint``, is exported by the product's own ``training.exporter.export_model`` (so the ONNX
 files are verified against PyTorch first) into a temporary folder. Then, in one run, each
 configuration classifies the same random images, encoder then head, as serving does:
 
@@ -95,7 +95,7 @@ def ort_runner(folder: Path, provider: str, threads: int | None) -> Runner:
 def load_model(args: argparse.Namespace) -> tuple[torch.nn.Module, object, dict | None]:
     """The model (``--checkpoint``, else ``--model`` built fresh), its card info and the checkpoint's state."""
     from clce_core.models import create_model
-    from training.export import CardInfo
+    from training.card_info import CardInfo
 
     if args.checkpoint:
         from training.checkpoint import model_from_checkpoint
@@ -129,7 +129,7 @@ def build(args: argparse.Namespace, workdir: Path) -> tuple[torch.nn.Module, dic
     """The model, its exports, and one runner per configuration."""
     import onnxruntime as ort
 
-    from training.export import export_model
+    from training.exporter import export_model
 
     model, info, state = load_model(args)
     card = export_model(model, info, workdir / "fp32").card
@@ -161,7 +161,7 @@ def _int8_exports(
     state: dict | None,
 ) -> dict:
     """Write ``workdir/int8`` (the product's int8 export) and ``workdir/fp32-frozen``; the int8 card's ``quantization``."""
-    from training.export import export_model
+    from training.exporter import export_model
     from training.quantize import prepare_float
 
     plan = int8_calibration(state, card, args.calibration_images, args.max_accuracy_drop)

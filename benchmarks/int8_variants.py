@@ -3,7 +3,7 @@
     python -m benchmarks.int8_variants --checkpoint runs/quickstart/best.pt
     python -m benchmarks.int8_variants --model tf_efficientnet_lite0 --img-size 224   # kernels and speed only
 
-The float32 export (``training.export.export_model``) is quantised by ``training.quantize.quantize_encoder``
+The float32 export (``training.exporter.export_model``) is quantised by ``training.quantize.quantize_encoder``
 once per variant: the product's scheme (``Scheme()``, what ``--int8`` writes) and one change at a
 time: int8 activations (the quantisation tool's default), one weight scale per tensor, the computed
 "same" pads left in, no float32 convolutions, entropy and percentile calibration. With
@@ -111,7 +111,7 @@ def fidelity(
 
 
 def run(args: argparse.Namespace) -> dict:
-    from training.export import export_model
+    from training.exporter import export_model
     from training.onnx_export import ort_session
     from training.quantize import prepare_float, quantize_encoder
 

@@ -2,7 +2,7 @@
 
 Without ``--model-dir``: if torch, timm and the packaged EfficientNet-Lite0 weights are importable,
 ``tf_efficientnet_lite0`` (ImageNet head, 224 px) is exported to a temporary folder (or
-``--export-to DIR``, to keep it) with the project's exporter ``training.export.export_model``, or,
+``--export-to DIR``, to keep it) with the project's exporter ``training.exporter.export_model``, or,
 where that is not importable, a minimal stand-in in the same folder format (legacy ONNX exporter,
 opset 17). Photographs: ``skimage.data``'s, at their native sizes and upscaled to 3000 px on the
 longer side, as JPEG (quality 90), or the ``.jpg`` files of a folder.
@@ -44,7 +44,7 @@ def imagenet_labels() -> list[str]:
 def export_lite0(dest: Path) -> Path:
     """Export tf_efficientnet_lite0 with its packaged ImageNet weights and head to ``dest``.
 
-    Uses the project's exporter (``training.export.export_model``, with its parity check) when it is
+    Uses the project's exporter (``training.exporter.export_model``, with its parity check) when it is
     importable, else a minimal stand-in written here in the same folder format.
     """
     from clce_core.models import create_model
@@ -52,7 +52,8 @@ def export_lite0(dest: Path) -> Path:
     model = create_model("tf_efficientnet_lite0", num_classes=1000, pretrained="packaged").eval()
     labels = imagenet_labels()
     try:
-        from training.export import CardInfo, export_model
+        from training.card_info import CardInfo
+        from training.exporter import export_model
     except ImportError as e:
         print(f"training.export not importable ({e}); using the stand-in exporter", flush=True)
     else:

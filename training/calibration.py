@@ -2,7 +2,7 @@
 
 :func:`balanced_indices` picks class-balanced, seeded calibration images from the run's training
 split; :class:`Int8Plan` carries them with the validation batches and the refusal limit into
-:func:`training.export.export_model`; :func:`compare_top1` measures the int8 encoder's top-1 against
+:func:`training.exporter.export_model`; :func:`compare_top1` measures the int8 encoder's top-1 against
 the float32 encoder's on the same batches. The graph side is :mod:`training.quantize`.
 """
 

@@ -1,6 +1,6 @@
 """ONNX conversion of a :class:`ClassifierModel` and its verification against PyTorch.
 
-The pieces :func:`training.export.export_model` is made of: the legacy TorchScript exporter with a
+The pieces :func:`training.exporter.export_model` is made of: the legacy TorchScript exporter with a
 dynamic batch axis (:func:`export_onnx`), the float16 rewrite (:func:`convert_to_fp16`), the check
 images (:func:`check_images`), the parity measurement at batch 1 and 7 (:func:`measure_parity`,
 judged by :func:`parity_failures` against a :class:`Tolerance`) and the one-off accuracy comparison

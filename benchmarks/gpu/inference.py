@@ -1,7 +1,7 @@
 """Export both models (fp32 and ``--fp16``) and time ONNX Runtime's CUDA provider against PyTorch eager.
 
 Each model (random weights, the plan's size) is exported by the product's own
-:func:`training.export.export_model` (parity-checked against PyTorch on the CPU) into the work
+:func:`training.exporter.export_model` (parity-checked against PyTorch on the CPU) into the work
 folder, fp32 and fp16; the exports are kept there for the serving section. Then, at each batch size
 of the plan, encoder + head on the same random images:
 
@@ -40,7 +40,8 @@ PAUSE_S = 0.005
 def export_folder(work: Path, model_name: str, img_size: int, fp16: bool) -> Path:
     """``work/exports/MODEL-fp32|fp16``: made once (random weights, seed 0) by the product's exporter."""
     from clce_core.models import create_model
-    from training.export import CardInfo, export_model
+    from training.card_info import CardInfo
+    from training.exporter import export_model
 
     folder = work / "exports" / f"{model_name}-{'fp16' if fp16 else 'fp32'}"
     if not (folder / "model.json").is_file():

@@ -39,7 +39,8 @@ def test_uses_the_shared_transform() -> None:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
     from clce_core.models import create_model
-    from training.export import CardInfo, export_model
+    from training.card_info import CardInfo
+    from training.exporter import export_model
 
     torch.manual_seed(0)
     model = create_model("test_efficientnet", 3, "none", img_size=32).eval()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training import export, finetune
+from training import export, exporter, finetune
 from training.checkpoint import model_from_checkpoint
 from training.onnx_export import TOLERANCES, Tolerance, ort_session
 from training.transforms import eval_transform
@@ -249,9 +249,7 @@ def test_accuracy_check_runs_the_test_split(checkpoints: dict[str, Path], tmp_pa
 def test_parity_failure_exits_1_and_writes_nothing(
     checkpoints: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(
-        export.TOLERANCES, "fp32", Tolerance(logits_rel=-1.0, embedding_cos=1.1, top1_points=0)
-    )
+    monkeypatch.setitem(TOLERANCES, "fp32", Tolerance(logits_rel=-1.0, embedding_cos=1.1, top1_points=0))
     out = tmp_path / "models" / "bad"
     assert export.main(["--checkpoint", str(checkpoints["test_efficientnet"]), "--output", str(out)]) == 1
     err = _one_error_line(capsys)
@@ -316,7 +314,7 @@ def test_unwritable_output_exits_2(
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(export.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(exporter.tempfile, "mkdtemp", denied)
     assert export.main([*ckpt, "--output", str(tmp_path / "model")]) == 2
     assert "cannot write to" in (err := _one_error_line(capsys)) and "Permission denied" in err
 

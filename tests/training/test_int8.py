@@ -27,7 +27,7 @@ from clce_core.preprocessing import load_image
 from serving.app import create_app
 from serving.settings import Settings
 from tests.serving.conftest import files, running
-from training import export, finetune
+from training import export, exporter, finetune
 from training.calibration import balanced_indices
 from training.checkpoint import model_from_checkpoint
 from training.onnx_export import TOLERANCES, export_onnx, ort_session
@@ -163,13 +163,13 @@ def test_int8_round_trips_through_predict_and_the_server(run: dict[str, Path], t
 def test_a_drop_beyond_the_limit_exits_1_and_writes_nothing(
     run: dict[str, Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    measured = export.compare_top1
+    measured = exporter.compare_top1
 
     def worse(*args: Any) -> dict[str, Any]:  # the real comparison, then 3 points lost
         check = measured(*args)
         return {**check, "int8_top1": check["fp32_top1"] - 3.0, "drop": 3.0}
 
-    monkeypatch.setattr(export, "compare_top1", worse)
+    monkeypatch.setattr(exporter, "compare_top1", worse)
     out = tmp_path / "models" / "refused"
     args = [
         "--checkpoint",
