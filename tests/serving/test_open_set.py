@@ -162,6 +162,7 @@ def _predict(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # the predict CLI in subprocesses (~5 s)
 def test_predict_cli_threshold(open_set_dir: Path, model_dir: Path, tmp_path: Path) -> None:
     for colour in ("red", "grey"):
         Image.new("RGB", (40, 30), COLORS[colour]).save(tmp_path / f"{colour}.png")

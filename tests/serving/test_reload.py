@@ -139,6 +139,7 @@ async def _load(client: httpx.AsyncClient, set_id: str, stop: asyncio.Event, see
     return errors
 
 
+@pytest.mark.slow  # 2 s of load
 @pytest.mark.anyio
 async def test_reload_under_load_has_no_errors_and_kept_sets_follow(
     make_settings: Callable[..., Settings], model_link: Path, model_dir: Path, other_model_dir: Path
