@@ -55,7 +55,7 @@ def export_lite0(dest: Path) -> Path:
         from training.card_info import CardInfo
         from training.exporter import export_model
     except ImportError as e:
-        print(f"training.export not importable ({e}); using the stand-in exporter", flush=True)
+        print(f"training.exporter not importable ({e}); using the stand-in exporter", flush=True)
     else:
         try:
             export_model(model, CardInfo.from_model(model, labels), dest, force=True)

@@ -23,7 +23,8 @@ export function initQueries(root, info, { source, onSupportError }) {
   const output = root.querySelector("#threshold-value");
   let generation = 0;
   let timer = null; // a rerun of every query, waiting for the support to settle
-  let rerunning = false; // a rerun of every query is in flight
+  let running = 0; // runs in flight (a superseded one too, until its request returns)
+  let rerunning = false; // the newest run labels every query
 
   root
     .querySelector("#query-drop")
@@ -69,30 +70,30 @@ export function initQueries(root, info, { source, onSupportError }) {
     markBusy();
   }
 
-  async function rerunAll() {
+  function rerunAll() {
     clearTimeout(timer);
     timer = null;
-    rerunning = true;
-    const gen = await run(queries.filter((q) => !q.error));
-    if (gen === generation) rerunning = false;
-    markBusy();
+    run(queries.filter((q) => !q.error), true);
   }
 
-  /** aria-busy on the results while labels may still change: a rerun waiting, or any run in flight. */
-  function markBusy(inFlight = false) {
-    list.setAttribute("aria-busy", String(inFlight || timer !== null || rerunning));
+  /** aria-busy on the results while labels may still change: a rerun waiting, or a run in flight. */
+  function markBusy() {
+    list.setAttribute("aria-busy", String(timer !== null || running > 0));
   }
 
-  /** Label `targets` with the current support; resolves to this run's generation. */
-  async function run(targets) {
+  /** Label `targets` with the current support; `all`: they are every query. */
+  async function run(targets, all = false) {
     const gen = ++generation;
-    markBusy(true);
+    rerunning = all;
+    running += 1;
+    markBusy();
     try {
       await label(targets, gen);
     } finally {
-      if (gen === generation) markBusy();
+      running -= 1;
+      if (gen === generation) rerunning = false;
+      markBusy();
     }
-    return gen;
   }
 
   async function label(targets, gen) {

@@ -20,8 +20,7 @@ def _glyph_rows() -> list[dict]:
 
 def test_the_best_fine_tuned_side_is_named_for_each_metric() -> None:
     rows = _glyph_rows()
-    (best,) = [c for c in comparison_rows(rows, "glyphs", "batch 64", [("best − floor", "best", "floor")])]
-    label, diffs, sides = best
+    ((_, diffs, sides),) = comparison_rows(rows, "glyphs", "batch 64", [("best − floor", "best", "floor")])
     assert diffs == {"prototype_1shot": [10.0, 10.0], "prototype_5shot": [5.0, 6.0]}
     assert sides == {
         "prototype_1shot": "clce − frozen encoder",
